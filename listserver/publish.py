@@ -1,0 +1,123 @@
+"""Turning an accepted message into a post or a numbered comment, and what follows.
+
+After a message is published, comments that wanted it as their parent move under it, and
+held replies that waited for it are queued again; the registered ``Hooks`` (outbound
+fan-out, archive refresh) hear about it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from .models import Comment, Message, Post, utcnow
+from .parse import ParsedMessage
+from .threader import Target, ancestors, new_thread_token
+
+log = logging.getLogger("listserver.publish")
+
+
+@dataclass
+class Hooks:
+    """Callbacks run inside the publishing transaction (they add rows, never send)."""
+
+    post_published: list[Callable[[Session, Post], None]] = field(default_factory=list)
+    comment_published: list[Callable[[Session, Comment], None]] = field(default_factory=list)
+
+
+def message_date(parsed: ParsedMessage, received: datetime) -> datetime:
+    """The Date header when it is sane, else the time we received the message."""
+    date = parsed.date
+    if date is None or date > received + timedelta(days=1) or date.year < 1990:
+        return received
+    return date
+
+
+def slugify(text: str, max_length: int = 60) -> str:
+    text = text.replace("ø", "o").replace("Ø", "O").replace("æ", "ae").replace("Æ", "AE")
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    text = re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-").lower()
+    return text[:max_length].rstrip("-") or "post"
+
+
+def unique_slug(session: Session, list_name: str, date: datetime, title: str) -> str:
+    base = f"{date:%Y-%m-%d}-{slugify(title)}"
+    slug, n = base, 1
+    while session.execute(select(Post.id).where(
+            Post.list_name == list_name, Post.slug == slug)).first() is not None:
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+def create_post(session: Session, hooks: Hooks, message: Message, parsed: ParsedMessage,
+                message_id: str, *, state: str = "published",
+                publish_at: datetime | None = None) -> Post:
+    date = message_date(parsed, message.received_at)
+    title = parsed.subject or "(no subject)"
+    post = Post(
+        list_name=message.list_name, message_pk=message.id, message_id=message_id,
+        thread_token=new_thread_token(), slug=unique_slug(session, message.list_name, date,
+                                                          title),
+        title=title, author_name=parsed.from_name, author_address=parsed.from_address,
+        date=date, text=parsed.text, html=parsed.html, state=state, publish_at=publish_at,
+        published_at=utcnow() if state == "published" else None, comment_count=0)
+    session.add(post)
+    session.flush()
+    if state == "published":
+        after_publish(session, hooks, message.list_name, message_id, Target(post, None))
+        for hook in hooks.post_published:
+            hook(session, post)
+    log.info("post %s published in %s: %s", message_id, message.list_name, title)
+    return post
+
+
+def create_comment(session: Session, hooks: Hooks, message: Message, parsed: ParsedMessage,
+                   message_id: str, target: Target, wanted: str | None) -> Comment:
+    post = session.execute(select(Post).where(Post.id == target.post.id)
+                           .with_for_update()).scalar_one()
+    post.comment_count += 1
+    comment = Comment(
+        list_name=message.list_name, post_id=post.id, number=post.comment_count,
+        message_pk=message.id, message_id=message_id, thread_token=new_thread_token(),
+        parent_message_id=target.parent_for_child, wanted_parent=wanted,
+        author_name=parsed.from_name, author_address=parsed.from_address,
+        date=message_date(parsed, message.received_at), subject=parsed.subject,
+        text=parsed.new_text or parsed.text, quoted=parsed.quoted,
+        signature=parsed.signature, html=parsed.html, published_at=utcnow())
+    session.add(comment)
+    session.flush()
+    after_publish(session, hooks, message.list_name, message_id, Target(post, comment))
+    for hook in hooks.comment_published:
+        hook(session, comment)
+    log.info("comment #%d %s on post %s", comment.number, message_id, post.message_id)
+    return comment
+
+
+def after_publish(session: Session, hooks: Hooks, list_name: str, message_id: str,
+                  target: Target) -> None:
+    """Re-attach comments that wanted this message, and release held replies waiting for it."""
+    orphans = session.execute(select(Comment).where(
+        Comment.list_name == list_name, Comment.wanted_parent == message_id)).scalars().all()
+    for orphan in orphans:
+        orphan.wanted_parent = None
+        if orphan.post_id != target.post.id or orphan.message_id == message_id:
+            continue  # numbers are per post: a comment never changes post
+        if target.comment is not None and orphan.message_id in (
+                ancestors(session, target.comment) | {target.comment.message_id}):
+            continue  # would make a cycle
+        orphan.parent_message_id = target.parent_for_child
+        log.info("comment %s re-attached under %s", orphan.message_id, message_id)
+    released = session.execute(update(Message).where(
+        Message.list_name == list_name, Message.state == "held",
+        Message.waiting_for == message_id).values(
+        state="queued", waiting_for=None, outcome=None).returning(Message.id)).scalars().all()
+    if released:
+        log.info("released held replies %s waiting for %s", released, message_id)

@@ -1,0 +1,117 @@
+"""``listserver serve``: SMTP (and LMTP), HTTP, the processing worker and the sender in one
+process and one asyncio loop.
+
+``Server.start()`` binds everything and returns; ``Server.stop()`` stops taking new
+connections, lets SMTP transactions in progress finish, then stops the workers. Queues are
+rows in the database, so nothing is lost at a stop, clean or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from .app import App
+from .intake import GroupCommitter
+from .sender import Sender
+from .smtp import Handler, ListLMTP, ListSMTP
+from .web import WebServer
+from . import worker
+
+log = logging.getLogger("listserver")
+
+ROLES = ("receive", "process", "send", "schedule", "http")
+
+
+class Server:
+    def __init__(self, app: App, roles: tuple[str, ...] = ROLES) -> None:
+        self.app = app
+        self.roles = roles
+        self.stop_event = asyncio.Event()
+        self.smtp_port = 0
+        self.lmtp_port = 0
+        self.http_port = 0
+        self._servers: list[asyncio.base_events.Server] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.web: WebServer | None = None
+        self.committer: GroupCommitter | None = None
+        self.extra_tasks: list[Callable[[App, asyncio.Event], asyncio.Future[None]]] = []
+
+    async def start(self) -> None:
+        app = self.app
+        loop = asyncio.get_running_loop()
+        app.attach_loop(loop)
+        await app.db.run_plain(app.db.migrate)
+        config = app.config
+        if "receive" in self.roles:
+            self.committer = GroupCommitter(app.db, config.domain, app.wake_worker)
+            limit = int(config.smtp["max_message_size"])
+            handler = Handler(config, self.committer)
+            smtp = await loop.create_server(
+                lambda: ListSMTP(handler, data_size_limit=limit, hostname=config.domain,
+                                 ident="listserver"),
+                host=str(config.smtp["host"]), port=int(config.smtp["port"]))
+            self._servers.append(smtp)
+            self.smtp_port = smtp.sockets[0].getsockname()[1]
+            if int(config.smtp["lmtp_port"]) >= 0:
+                lmtp_handler = Handler(config, self.committer, lmtp=True)
+                lmtp = await loop.create_server(
+                    lambda: ListLMTP(lmtp_handler, data_size_limit=limit,
+                                     hostname=config.domain, ident="listserver"),
+                    host=str(config.smtp["host"]), port=int(config.smtp["lmtp_port"]))
+                self._servers.append(lmtp)
+                self.lmtp_port = lmtp.sockets[0].getsockname()[1]
+        if "http" in self.roles:
+            self.web = WebServer(app)
+            self.web.start()
+            self.http_port = self.web.port
+        if "process" in self.roles:
+            self._tasks.append(loop.create_task(worker.run(app, self.stop_event)))
+        if "send" in self.roles:
+            self._tasks.append(loop.create_task(Sender(app).run(self.stop_event)))
+        for factory in self.extra_tasks:
+            self._tasks.append(loop.create_task(factory(app, self.stop_event)))  # type: ignore
+        log.info("listserver serving: smtp %s:%s lmtp %s http %s:%s, lists %s",
+                 config.smtp["host"], self.smtp_port, self.lmtp_port or "off",
+                 config.http["host"], self.http_port, ", ".join(config.lists) or "(none)")
+
+    async def stop(self, grace: float = 10.0) -> None:
+        for srv in self._servers:
+            srv.close()
+        for srv in self._servers:
+            try:
+                await asyncio.wait_for(srv.wait_closed(), timeout=grace)
+            except asyncio.TimeoutError:
+                log.warning("SMTP sessions still open after %.0fs; closing them", grace)
+        self.stop_event.set()
+        self.app.wake_worker()
+        self.app.wake_sender()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=grace)
+        for task in self._tasks:
+            task.cancel()
+        if self.web is not None:
+            await asyncio.to_thread(self.web.stop)
+        if self.committer is not None:
+            self.committer.close()
+
+    async def run_forever(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+        log.info("stopping: finishing SMTP transactions in progress")
+        await self.stop()
+
+
+def serve(app: App, roles: tuple[str, ...] = ROLES) -> None:
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    runner(Server(app, roles).run_forever())
