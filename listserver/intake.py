@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -42,31 +43,42 @@ def assigned_message_id(digest: str, domain: str) -> str:
     return f"<{digest[:32]}.assigned@{domain}>"
 
 
-def store_incoming(session: Session, items: list[Incoming], domain: str) -> list[int]:
-    """Insert the messages; return each one's row id (the existing row's for a duplicate)."""
+def _row(item: Incoming, domain: str, now: datetime) -> dict[str, object]:
+    digest = content_digest(item.raw)
+    message_id = header_message_id(item.raw)
+    has_id = message_id is not None
+    if message_id is None:
+        message_id = assigned_message_id(digest, domain)
+    return dict(list_name=item.list_name, message_id=message_id[:500], has_message_id=has_id,
+                digest=digest, raw=item.raw, size=len(item.raw),
+                envelope_from=item.envelope_from[:500], recipients=" ".join(item.recipients),
+                source=item.source, received_at=now, state="queued", attempts=0,
+                approved=False)
+
+
+def insert_rows(session: Session, rows: list[dict[str, object]]) -> None:
+    """One executemany of INSERT ... ON CONFLICT DO NOTHING: duplicates are skipped."""
+    if not rows:
+        return
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    ids: list[int] = []
+    result = session.execute(insert(Message.__table__).on_conflict_do_nothing(), rows)
+    inserted = result.rowcount  # type: ignore[attr-defined]
+    if inserted is not None and 0 <= inserted < len(rows):
+        log.info("%d duplicate deliveries (same Message-ID and content) stored once",
+                 len(rows) - inserted)
+
+
+def store_incoming(session: Session, items: list[Incoming], domain: str) -> list[int]:
+    """Insert the messages; return each one's row id (the existing row's for a duplicate)."""
     now = utcnow()
-    for item in items:
-        digest = content_digest(item.raw)
-        message_id = header_message_id(item.raw)
-        has_id = message_id is not None
-        if message_id is None:
-            message_id = assigned_message_id(digest, domain)
-        stmt = insert(Message).values(
-            list_name=item.list_name, message_id=message_id[:500], has_message_id=has_id,
-            digest=digest, raw=item.raw, size=len(item.raw),
-            envelope_from=item.envelope_from[:500], recipients=" ".join(item.recipients),
-            source=item.source, received_at=now, state="queued", attempts=0,
-        ).on_conflict_do_nothing().returning(Message.id)
-        new_id = session.execute(stmt).scalar()
-        if new_id is None:
-            new_id = session.execute(select(Message.id).where(
-                Message.list_name == item.list_name, Message.message_id == message_id[:500],
-                Message.digest == digest)).scalar_one()
-            log.info("duplicate delivery of %s to %s stored once", message_id, item.list_name)
-        ids.append(new_id)
+    rows = [_row(item, domain, now) for item in items]
+    insert_rows(session, rows)
+    ids = []
+    for row in rows:
+        ids.append(session.execute(select(Message.id).where(
+            Message.list_name == row["list_name"], Message.message_id == row["message_id"],
+            Message.digest == row["digest"])).scalar_one())
     return ids
 
 
@@ -81,14 +93,14 @@ class GroupCommitter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")
         self._flushing = False
 
-    async def store(self, items: list[Incoming]) -> list[int]:
+    async def store(self, items: list[Incoming]) -> None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
         self._pending.append((items, future))
         if not self._flushing:
             self._flushing = True
             loop.create_task(self._flush_loop())
-        return await future
+        await future
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -111,8 +123,11 @@ class GroupCommitter:
             self._flushing = False
 
     def _commit(self, batch: list[tuple[list[Incoming], object]]) -> list[list[int]]:
+        now = utcnow()
+        rows = [_row(item, self.domain, now) for items, _ in batch for item in items]
         with self.db.transaction() as session:
-            return [store_incoming(session, items, self.domain) for items, _ in batch]
+            insert_rows(session, rows)
+        return [[] for _ in batch]
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

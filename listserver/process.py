@@ -56,6 +56,40 @@ def process_next(app: App, after_id: int = 0) -> int | None:
         return pk
 
 
+def process_batch(app: App, limit: int = 50) -> int:
+    """Process up to ``limit`` queued messages in one transaction, each in a savepoint.
+
+    One commit covers the batch (it is what costs under load); a message that raises is
+    rolled back to its savepoint and parked, and the others go on. If the batch as a whole
+    cannot commit, it falls back to one message per transaction.
+    """
+    try:
+        with app.db.transaction() as session:
+            messages = session.execute(
+                select(Message).where(Message.state == "queued").order_by(Message.id)
+                .limit(limit).with_for_update(skip_locked=True)).scalars().all()
+            for message in messages:
+                pk = message.id
+                try:
+                    with session.begin_nested():
+                        handle(app, session, message)
+                except Exception:
+                    error = traceback.format_exc()
+                    log.error("processing message %s failed, parked:\n%s", pk, error)
+                    parked = session.get(Message, pk)
+                    assert parked is not None
+                    parked.state, parked.error = "failed", error
+                    parked.attempts += 1
+                    parked.processed_at = app.now()
+            return len(messages)
+    except Exception:
+        log.exception("batch of up to %d messages failed; one at a time", limit)
+        done = 0
+        while done < limit and process_next(app) is not None:
+            done += 1
+        return done
+
+
 def process_id(app: App, pk: int) -> None:
     """Process one given message now (``inject``, tests)."""
     try:

@@ -54,7 +54,6 @@ def issue(session: Session, secret: bytes, list_name: str, kind: str, *, address
     token = make_token(secret)
     session.add(Token(token=token, list_name=list_name, kind=kind, address=address, ref=ref,
                       created_at=now, expires_at=(now + ttl) if ttl else None))
-    session.flush()
     return token
 
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from .process import process_next
+from .process import process_batch
 
 if TYPE_CHECKING:
     from .app import App
@@ -24,9 +24,10 @@ def drain(app: App, limit: int = 500) -> int:
     """Process up to ``limit`` queued messages; return how many were handled."""
     done = 0
     while done < limit:
-        if process_next(app) is None:
+        count = process_batch(app, min(50, limit - done))
+        if not count:
             break
-        done += 1
+        done += count
     if done:
         app.wake_sender()
     return done
