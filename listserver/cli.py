@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("list")
     s.add_argument("file", nargs="?", default="-")
     s.add_argument("--to", help="envelope recipient (default: the list's post address)")
+    s.add_argument("--from", dest="sender",
+                   help="envelope sender (default: the From address; '' for a bounce)")
     s = sub.add_parser("subscribe", help="add a subscriber")
     s.add_argument("list")
     s.add_argument("address")
@@ -136,7 +138,11 @@ def cmd_inject(args: argparse.Namespace) -> int:
     lst = app.list(args.list)
     raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     to = args.to or list_address(app.config, lst.name)
-    [pk] = app.db.call(store_incoming, [Incoming(lst.name, raw, "", [to], "inject")],
+    sender = args.sender
+    if sender is None:  # like `sendmail -t`: the envelope sender is the From address
+        from .parse import parse_message
+        sender = parse_message(raw).from_address
+    [pk] = app.db.call(store_incoming, [Incoming(lst.name, raw, sender, [to], "inject")],
                        app.config.domain)
     process_id(app, pk)
     drain(app)
