@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -55,6 +56,8 @@ class App:
         self.renderers: dict[str, Renderer] = {}
         self.bounce_handlers: list[Callable[[Context], str]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # In a receiver process: a pipe to the process that runs the worker.
+        self.external_wake_fd: int | None = None
         self._wake: dict[str, asyncio.Event] = {}
 
     def now(self) -> datetime:
@@ -109,6 +112,11 @@ class App:
             self._loop.call_soon_threadsafe(event.set)
 
     def wake_worker(self) -> None:
+        if self.external_wake_fd is not None:
+            try:
+                os.write(self.external_wake_fd, b".")
+            except (BlockingIOError, BrokenPipeError):
+                pass  # already poked, or the worker's process is gone (it polls anyway)
         self._wake_up("worker")
 
     def wake_sender(self) -> None:

@@ -116,14 +116,27 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 @command
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import App
+    from .plugins import install
     from .server import ROLES, serve
+    from .supervisor import receiver_count, run
     logging.getLogger("listserver").setLevel(logging.INFO)
-    app = make_app(args)
+    app = make_app(args)  # validates the config and applies migrations
     roles = tuple(args.role) if args.role else ROLES
-    try:
-        serve(app, roles)
-    finally:
-        app.close()
+    if "receive" not in roles or receiver_count(app.config) <= 1:
+        try:
+            serve(app, roles)
+        finally:
+            app.close()
+        return 0
+    config = app.config
+    app.close()  # no database connection or thread may cross the fork
+
+    def build(cfg: Any) -> App:
+        new = App(cfg)
+        install(new)
+        return new
+    run(config, build, roles)
     return 0
 
 

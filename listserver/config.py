@@ -92,6 +92,9 @@ SETTINGS: tuple[Setting, ...] = (
             lambda v: None if v == -1 else _port(v)),
     Setting("smtp", "max_message_size", int, 10 * 1024 * 1024,
             "Largest message accepted, in bytes; larger ones get 552 5.3.4.", _positive),
+    Setting("smtp", "workers", int, 0,
+            "Receiver processes sharing the SMTP/LMTP ports (0: one per CPU core; "
+            "1: receive in the main process).", lambda v: None if v >= 0 else "must be >= 0"),
     Setting("smtp", "max_recipients", int, 50, "Most recipients accepted in one transaction.",
             _positive),
     Setting("http", "host", str, "127.0.0.1", "Address the HTTP server listens on."),

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,9 +35,12 @@ def make_engine(url: str) -> Engine:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        lock_path = (path + ".lock") if path and path != ":memory:" else None
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        def _pragmas(dbapi_conn: Any, record: Any) -> None:
+            if lock_path:
+                record.info["lock_fd"] = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             # Take the write lock at BEGIN, so a reader never has to upgrade and deadlock.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
@@ -47,10 +53,48 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
+            fd = conn.connection._connection_record.info.get("lock_fd")
+            if fd is not None:
+                _write_lock(fd)
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        @event.listens_for(engine, "checkin")
+        def _checkin(dbapi_conn: Any, record: Any) -> None:
+            fd = record.info.get("lock_fd") if record is not None else None
+            if fd is not None:
+                _write_unlock(fd)
+
+        @event.listens_for(engine, "close")
+        def _close(dbapi_conn: Any, record: Any) -> None:
+            fd = record.info.pop("lock_fd", None) if record is not None else None
+            if fd is not None:
+                _write_unlock(fd)
+                os.close(fd)
 
         return engine
     return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+_held = threading.local()
+
+
+def _write_lock(fd: int) -> None:
+    """Queue for SQLite's single write lock on a file lock.
+
+    SQLite's own busy handler sleeps with growing back-off while another connection holds
+    the lock, which starves the SMTP intake when the processing worker writes steadily. A
+    ``flock`` waiter is woken by the kernel the moment the lock is free, in any process.
+    """
+    if getattr(_held, "fd", None) is not None:
+        raise RuntimeError("nested database transaction in one thread")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _held.fd = fd
+
+
+def _write_unlock(fd: int) -> None:
+    if getattr(_held, "fd", None) == fd:
+        _held.fd = None
+    fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 class Database:

@@ -8,6 +8,7 @@ raises is parked as ``failed`` with its traceback (Mailman's shunt queue), and
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 import uuid
 from typing import TYPE_CHECKING
@@ -56,19 +57,29 @@ def process_next(app: App, after_id: int = 0) -> int | None:
         return pk
 
 
+BATCH_SECONDS = 0.02
+
+
 def process_batch(app: App, limit: int = 50) -> int:
     """Process up to ``limit`` queued messages in one transaction, each in a savepoint.
 
     One commit covers the batch (it is what costs under load); a message that raises is
-    rolled back to its savepoint and parked, and the others go on. If the batch as a whole
-    cannot commit, it falls back to one message per transaction.
+    rolled back to its savepoint and parked, and the others go on. The batch stops after
+    ``BATCH_SECONDS`` so that the write lock (SQLite has one) is never held long enough to
+    keep the SMTP intake from committing. If the batch as a whole cannot commit, it falls
+    back to one message per transaction.
     """
     try:
         with app.db.transaction() as session:
             messages = session.execute(
                 select(Message).where(Message.state == "queued").order_by(Message.id)
                 .limit(limit).with_for_update(skip_locked=True)).scalars().all()
+            deadline = time.monotonic() + BATCH_SECONDS
+            done = 0
             for message in messages:
+                if done and time.monotonic() > deadline:
+                    break
+                done += 1
                 pk = message.id
                 try:
                     with session.begin_nested():
@@ -81,7 +92,7 @@ def process_batch(app: App, limit: int = 50) -> int:
                     parked.state, parked.error = "failed", error
                     parked.attempts += 1
                     parked.processed_at = app.now()
-            return len(messages)
+            return done
     except Exception:
         log.exception("batch of up to %d messages failed; one at a time", limit)
         done = 0

@@ -118,6 +118,7 @@ def after_publish(session: Session, hooks: Hooks, list_name: str, message_id: st
     released = session.execute(update(Message).where(
         Message.list_name == list_name, Message.state == "held",
         Message.waiting_for == message_id).values(
-        state="queued", waiting_for=None, outcome=None).returning(Message.id)).scalars().all()
+        state="queued", waiting_for=None, outcome=None).returning(Message.id)
+        .execution_options(synchronize_session=False)).scalars().all()
     if released:
         log.info("released held replies %s waiting for %s", released, message_id)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from .app import App
 from .intake import GroupCommitter
@@ -26,9 +29,15 @@ ROLES = ("receive", "process", "send", "schedule", "http")
 
 
 class Server:
-    def __init__(self, app: App, roles: tuple[str, ...] = ROLES) -> None:
+    def __init__(self, app: App, roles: tuple[str, ...] = ROLES,
+                 sockets: dict[str, socket.socket] | None = None, *, announce: bool = True,
+                 ports: dict[str, int] | None = None, wake_fd: int | None = None) -> None:
         self.app = app
         self.roles = roles
+        self.sockets = sockets or {}
+        self.announce = announce
+        self.ports = ports or {}
+        self.wake_fd = wake_fd
         self.stop_event = asyncio.Event()
         self.smtp_port = 0
         self.lmtp_port = 0
@@ -51,8 +60,7 @@ class Server:
             handler = Handler(config, self.committer)
             smtp = await loop.create_server(
                 lambda: ListSMTP(handler, data_size_limit=limit, hostname=config.domain,
-                                 ident="listserver"),
-                host=str(config.smtp["host"]), port=int(config.smtp["port"]))
+                                 ident="listserver"), **self._where("smtp", "port"))
             self._servers.append(smtp)
             self.smtp_port = smtp.sockets[0].getsockname()[1]
             if int(config.smtp["lmtp_port"]) >= 0:
@@ -60,9 +68,11 @@ class Server:
                 lmtp = await loop.create_server(
                     lambda: ListLMTP(lmtp_handler, data_size_limit=limit,
                                      hostname=config.domain, ident="listserver"),
-                    host=str(config.smtp["host"]), port=int(config.smtp["lmtp_port"]))
+                    **self._where("lmtp", "lmtp_port"))
                 self._servers.append(lmtp)
                 self.lmtp_port = lmtp.sockets[0].getsockname()[1]
+        if self.wake_fd is not None:  # receivers in other processes poke this pipe
+            loop.add_reader(self.wake_fd, self._poked)
         if "http" in self.roles:
             self.web = WebServer(app)
             self.web.start()
@@ -73,9 +83,25 @@ class Server:
             self._tasks.append(loop.create_task(Sender(app).run(self.stop_event)))
         for factory in self.extra_tasks:
             self._tasks.append(loop.create_task(factory(app, self.stop_event)))  # type: ignore
-        log.info("listserver serving: smtp %s:%s lmtp %s http %s:%s, lists %s",
-                 config.smtp["host"], self.smtp_port, self.lmtp_port or "off",
-                 config.http["host"], self.http_port, ", ".join(config.lists) or "(none)")
+        if self.announce:
+            log.info("listserver serving: smtp %s:%s lmtp %s http %s:%s, lists %s",
+                     config.smtp["host"], self.ports.get("smtp", self.smtp_port),
+                     self.ports.get("lmtp", self.lmtp_port) or "off", config.http["host"],
+                     self.http_port, ", ".join(config.lists) or "(none)")
+
+    def _poked(self) -> None:
+        assert self.wake_fd is not None
+        try:
+            os.read(self.wake_fd, 4096)
+        except BlockingIOError:
+            pass
+        self.app.wake_worker()
+
+    def _where(self, name: str, port_key: str) -> dict[str, object]:
+        if name in self.sockets:  # bound by the supervisor, shared with the other workers
+            return {"sock": self.sockets[name]}
+        return {"host": str(self.app.config.smtp["host"]),
+                "port": int(self.app.config.smtp[port_key])}
 
     async def stop(self, grace: float = 10.0) -> None:
         for srv in self._servers:
@@ -108,10 +134,15 @@ class Server:
         await self.stop()
 
 
-def serve(app: App, roles: tuple[str, ...] = ROLES) -> None:
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
-        runner = uvloop.run
+        runner: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.run
-    runner(Server(app, roles).run_forever())
+    runner(main)
+
+
+def serve(app: App, roles: tuple[str, ...] = ROLES,
+          sockets: dict[str, socket.socket] | None = None, **options: Any) -> None:
+    run_loop(Server(app, roles, sockets, **options).run_forever())

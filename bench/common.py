@@ -1,0 +1,142 @@
+"""Shared pieces of the benchmarks: ports, processes that must always be stopped, timing,
+and the table. Loopback only; every workload is bounded in count and time."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+LISTSERVER = [PYTHON, "-m", "listserver.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+@contextlib.contextmanager
+def process(args: list[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a process in its own group; always stop the whole group."""
+    proc = subprocess.Popen(args, start_new_session=True, **kwargs)  # type: ignore[call-overload]
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}")
+                                  else None)
+    if path is None:
+        raise SystemExit(f"bench needs {tool} (apt-get install postfix for smtp-source/sink)")
+    return path
+
+
+def smtp_source(port: int, sessions: int, count: int, size: int, to: str,
+                timeout: float = 300) -> float:
+    """Send with Postfix's smtp-source; return the seconds it took."""
+    start = time.perf_counter()
+    subprocess.run([need("smtp-source"), "-s", str(sessions), "-m", str(count), "-l",
+                    str(size), "-f", "bench@example.net", "-t", to, f"127.0.0.1:{port}"],
+                   check=True, timeout=timeout, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def median_of(rounds: int, fn: object) -> float:
+    return statistics.median(fn() for _ in range(rounds))  # type: ignore[operator]
+
+
+@dataclass
+class Row:
+    workload: str
+    figure: str
+    value: float
+    unit: str
+    reference: str = ""
+    ref_value: float = 0.0
+    target: str = ""
+
+    def cells(self) -> list[str]:
+        ratio = f"{self.value / self.ref_value:.2f}×" if self.ref_value else ""
+        ref = f"{self.ref_value:,.0f} ({self.reference})" if self.reference else ""
+        return [self.workload, self.figure, f"{self.value:,.1f} {self.unit}", ref, ratio,
+                self.target]
+
+
+def print_table(rows: list[Row]) -> None:
+    head = ["workload", "figure", "value", "reference (same run)", "ratio", "target"]
+    cells = [head] + [r.cells() for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |"
+    print(line)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for c in cells[1:]:
+        print("| " + " | ".join(x.ljust(w) for x, w in zip(c, widths)) + " |")
+
+
+def workdir() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="listserver-bench-")
+
+
+CONFIG = """
+[site]
+domain = "lists.example.org"
+base_url = "http://127.0.0.1:{http}"
+[smtp]
+port = {smtp}
+max_message_size = 1000000
+[http]
+port = {http}
+[database]
+url = "{db}"
+[outbound]
+transport = "{transport}"
+host = "127.0.0.1"
+port = {relay}
+[[list]]
+name = "blog"
+title = "Bench"
+authors = ["ivar@example.no"]
+owners = ["owner@example.org"]
+post_secret = "benchsecret"
+"""
+
+
+def write_config(directory: Path, *, db: str | None = None, transport: str = "maildir",
+                 relay: int = 25) -> tuple[Path, int, int]:
+    smtp, http = free_port(), free_port()
+    db = db or f"sqlite:///{directory / 'bench.sqlite3'}"
+    path = directory / "config.toml"
+    path.write_text(CONFIG.format(smtp=smtp, http=http, db=db, transport=transport,
+                                  relay=relay))
+    return path, smtp, http
