@@ -8,6 +8,7 @@ raises is parked as ``failed`` with its traceback (Mailman's shunt queue), and
 from __future__ import annotations
 
 import logging
+import re
 import time
 import traceback
 import uuid
@@ -21,7 +22,7 @@ from .addresses import ListAddress, list_address, parse_address
 from .errors import DiscardMessage, HoldMessage, RejectMessage
 from .models import Comment, Message, Post
 from .parse import parse_message
-from .publish import create_comment, create_post
+from .publish import create_comment, create_post, scheduled_time
 from .rules import Context, decide
 from .threader import subject_hint
 
@@ -187,6 +188,23 @@ def _published_id(ctx: Context) -> str:
 
 
 def act_post(ctx: Context, reason: str) -> None:
+    schedule = scheduled_time(ctx.parsed.text, ctx.lst.tz) if ctx.message.source != "import" \
+        else None
+    if schedule is not None and schedule[0] > ctx.app.now():
+        when, text = schedule
+        ctx.parsed.text = text
+        if ctx.parsed.html:
+            ctx.parsed.html = re.sub(r"Publish:\s*\d{4}-\d{2}-\d{2}[ T]\d{1,2}:\d{2}", "",
+                                     ctx.parsed.html, count=1)
+        post = create_post(ctx.session, ctx.app.hooks, ctx.message, ctx.parsed,
+                           _published_id(ctx), state="scheduled", publish_at=when)
+        notices.send(ctx.app, ctx.session, ctx.lst, "scheduled-ack", f"post:{post.id}",
+                     ctx.parsed.from_address, "post_scheduled", title=post.title,
+                     when=when.astimezone(ctx.lst.tz))
+        _finish(ctx, "scheduled", f"{reason}; to be published {when.isoformat()}")
+        return
+    if schedule is not None:
+        ctx.parsed.text = schedule[1]
     create_post(ctx.session, ctx.app.hooks, ctx.message, ctx.parsed, _published_id(ctx))
     _finish(ctx, "post", reason)
 
@@ -229,7 +247,8 @@ def act_owner(ctx: Context, reason: str) -> None:
     lst = ctx.lst
     for owner in lst.owners:
         outbox.enqueue(ctx.session, lst.name, "owner-forward", f"msg:{ctx.message.id}", owner,
-                       ctx.message.raw, list_address(ctx.app.config, lst.name, "bounces"))
+                       ctx.message.raw, list_address(ctx.app.config, lst.name, "bounces"),
+                       when=ctx.app.now())
     _finish(ctx, "owner", f"forwarded to {len(lst.owners)} owner(s)")
 
 

@@ -12,7 +12,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -77,6 +77,36 @@ def create_post(session: Session, hooks: Hooks, message: Message, parsed: Parsed
             hook(session, post)
     log.info("post %s published in %s: %s", message_id, message.list_name, title)
     return post
+
+
+def publish_scheduled(session: Session, hooks: Hooks, post: Post, now: datetime) -> None:
+    """A scheduled post's time has come: it appears with that date and is announced."""
+    post.state = "published"
+    post.date = post.publish_at or now
+    post.published_at = now
+    post.slug = unique_slug(session, post.list_name, post.date, post.title)
+    session.flush()
+    after_publish(session, hooks, post.list_name, post.message_id, Target(post, None))
+    for hook in hooks.post_published:
+        hook(session, post)
+    log.info("scheduled post %s published in %s", post.message_id, post.list_name)
+
+
+PUBLISH_LINE = re.compile(r"\A\s*Publish:\s*(\d{4}-\d{2}-\d{2})[ T](\d{1,2}:\d{2})\s*(\n|\Z)",
+                          re.IGNORECASE)
+
+
+def scheduled_time(text: str, tz: tzinfo) -> tuple[datetime, str] | None:
+    """The time of a leading ``Publish: YYYY-MM-DD HH:MM`` line (in ``tz``) and the text
+    without it; None if there is no such line or it names no real time."""
+    match = PUBLISH_LINE.match(text)
+    if match is None:
+        return None
+    try:
+        local = datetime.fromisoformat(f"{match.group(1)} {match.group(2).zfill(5)}")
+    except ValueError:
+        return None
+    return local.replace(tzinfo=tz), text[match.end():].lstrip("\n")
 
 
 def create_comment(session: Session, hooks: Hooks, message: Message, parsed: ParsedMessage,

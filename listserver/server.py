@@ -21,7 +21,7 @@ from .intake import GroupCommitter
 from .sender import Sender
 from .smtp import Handler, ListLMTP, ListSMTP
 from .web import WebServer
-from . import worker
+from . import scheduler, worker
 
 log = logging.getLogger("listserver")
 
@@ -81,6 +81,8 @@ class Server:
             self._tasks.append(loop.create_task(worker.run(app, self.stop_event)))
         if "send" in self.roles:
             self._tasks.append(loop.create_task(Sender(app).run(self.stop_event)))
+        if "schedule" in self.roles:
+            self._tasks.append(loop.create_task(scheduler.run(app, self.stop_event)))
         for factory in self.extra_tasks:
             self._tasks.append(loop.create_task(factory(app, self.stop_event)))  # type: ignore
         if self.announce:
