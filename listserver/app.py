@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +54,8 @@ class App:
         self.templates.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
         self.renderers: dict[str, Renderer] = {}
         self.bounce_handlers: list[Callable[[Context], str]] = []
+        # Background coroutines ``serve`` runs besides its own (plugins add them).
+        self.tasks: list[Callable[[App, asyncio.Event], Coroutine[Any, Any, None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: dict[str, asyncio.Event] = {}
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from typing import Any
 
 from .app import App
 from .intake import GroupCommitter
@@ -37,7 +38,7 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self.web: WebServer | None = None
         self.committer: GroupCommitter | None = None
-        self.extra_tasks: list[Callable[[App, asyncio.Event], asyncio.Future[None]]] = []
+        self.extra_tasks: list[Callable[[App, asyncio.Event], Any]] = list(app.tasks)
 
     async def start(self) -> None:
         app = self.app
