@@ -11,7 +11,7 @@ fan-out to subscribers) checks ``message.source == 'import'``.
 * Streaming, flat memory: the file is read one message at a time (``mbox.MboxReader``)
   and committed in batches of ``BATCH`` messages, each stored and processed in one
   transaction (one fsync per batch). A message whose processing raises is parked as
-  ``failed`` (a savepoint keeps the rest of its batch).
+  ``failed``: its batch is redone with a savepoint per message, which keeps the rest.
 * Safe to run twice: the same Message-ID with the same content is stored once, and a
   stored message is processed only while it is still queued.
 * At the end, replies still waiting for a parent that never came are processed once more
@@ -36,6 +36,7 @@ from .addresses import list_address
 from .intake import Incoming, store_incoming
 from .mbox import MboxReader
 from .models import Message
+from .parse import content_digest, header_message_id
 from .process import handle
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class ImportReport:
     stored: int = 0          # new messages (the rest were already there)
     outcomes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    waiting: int = 0         # replies waiting for a parent later in the file
 
     @property
     def duplicates(self) -> int:
@@ -110,6 +112,7 @@ def import_mbox(app: App, list_name: str, path: Path, *, progress: bool = False,
     to = list_address(app.config, lst.name)
     report = ImportReport()
     started = time.monotonic()
+    bar: Progress | None = None
     with MboxReader(path) as reader:
         bar = Progress(reader.size) if progress else None
         items: list[Incoming] = []
@@ -118,12 +121,12 @@ def import_mbox(app: App, list_name: str, path: Path, *, progress: bool = False,
             items.append(Incoming(lst.name, normalise(message.raw), message.sender, [to],
                                   "import"))
             if len(items) >= batch:
-                app.db.call(_store_and_process, app, items, report)
+                _batch(app, items, report)
                 items = []
                 if bar:
                     bar.update(reader.position, report)
         if items:
-            app.db.call(_store_and_process, app, items, report)
+            _batch(app, items, report)
     while app.db.call(_final_pass, app, lst.name, report, batch):
         pass
     report.seconds = time.monotonic() - started
@@ -133,22 +136,58 @@ def import_mbox(app: App, list_name: str, path: Path, *, progress: bool = False,
     return report
 
 
+def _batch(app: App, items: list[Incoming], report: ImportReport) -> None:
+    """Store and process a batch in one transaction; if anything in it raises, do it again
+    with a savepoint per message, so that only the failing message is parked."""
+    for careful in (False, True):
+        part = ImportReport(waiting=report.waiting)
+        try:
+            app.db.call(_store_and_process, app, items, part, careful)
+        except Exception:
+            if careful:
+                raise
+            log.info("a message of this batch failed; processing it one by one")
+            continue
+        report.stored += part.stored
+        report.waiting = part.waiting
+        for outcome, n in part.outcomes.items():
+            report.outcomes[outcome] = report.outcomes.get(outcome, 0) + n
+        return
+
+
+def _new_items(session: Session, items: list[Incoming]) -> list[Incoming]:
+    """The batch's messages that are not stored yet (one query; a re-run skips fast)."""
+    keys = [(header_message_id(i.raw), content_digest(i.raw)) for i in items]
+    ids = list({mid for mid, _ in keys if mid})
+    known: set[tuple[str, str]] = set()
+    for start in range(0, len(ids), 500):
+        known.update(session.execute(select(Message.message_id, Message.digest).where(
+            Message.list_name == items[0].list_name,
+            Message.message_id.in_(ids[start:start + 500]))).tuples())
+    return [i for i, key in zip(items, keys) if key not in known]
+
+
 def _store_and_process(session: Session, app: App, items: list[Incoming],
-                       report: ImportReport) -> None:
-    ids = list(dict.fromkeys(store_incoming(session, items, app.config.domain)))
-    queued = set(session.execute(select(Message.id).where(
+                       report: ImportReport, careful: bool) -> None:
+    fresh = _new_items(session, items)
+    if not fresh:
+        return
+    ids = list(dict.fromkeys(store_incoming(session, fresh, app.config.domain)))
+    queued = {m.id for m in session.execute(select(Message).where(
         Message.id.in_(ids), Message.state == "queued",
-        Message.source == "import")).scalars())
+        Message.source == "import")).scalars()}  # loads them all: one query, not one each
     report.stored += len(queued)
     for pk in ids:
         if pk in queued:
-            _process(session, app, pk, report)
-            _released(session, app, report, before=pk)
-    _released(session, app, report)
+            _process(session, app, pk, report, careful=careful)
+            if report.waiting:
+                _released(session, app, report, before=pk, careful=careful)
+    if report.waiting:
+        _released(session, app, report, careful=careful)
 
 
-def _released(session: Session, app: App, report: ImportReport,
-              before: int | None = None) -> None:
+def _released(session: Session, app: App, report: ImportReport, before: int | None = None,
+              careful: bool = True) -> None:
     """Process imported replies that a publication released (queued again), oldest first."""
     while True:
         query = select(Message.id).where(Message.state == "queued",
@@ -158,7 +197,8 @@ def _released(session: Session, app: App, report: ImportReport,
         pk = session.execute(query.order_by(Message.id).limit(1)).scalar()
         if pk is None:
             return
-        _process(session, app, pk, report)
+        report.waiting = max(0, report.waiting - 1)
+        _process(session, app, pk, report, careful=careful)
 
 
 def _final_pass(session: Session, app: App, list_name: str, report: ImportReport,
@@ -173,31 +213,38 @@ def _final_pass(session: Session, app: App, list_name: str, report: ImportReport
         if message is None or message.state != "held":
             continue  # released and processed meanwhile
         message.state = "queued"
+        report.waiting = max(0, report.waiting - 1)
         _process(session, app, pk, report, final=True)
         _released(session, app, report)
     return len(waiting)
 
 
 def _process(session: Session, app: App, pk: int, report: ImportReport,
-             final: bool = False) -> None:
+             final: bool = False, careful: bool = True) -> None:
     message = session.get(Message, pk)
     if message is None:
         return
-    savepoint = session.begin_nested()
-    try:
-        handle(app, session, message, {"import": "final" if final else "running"})
-        savepoint.commit()
-    except Exception:
-        savepoint.rollback()
-        error = traceback.format_exc()
-        log.error("importing message %s failed, parked:\n%s", pk, error)
-        message = session.get(Message, pk)
-        if message is not None:
-            message.state = "failed"
-            message.error = error
-            message.attempts += 1
-            message.processed_at = app.now()
-        report.count("failed")
-        return
+    notes = {"import": "final" if final else "running"}
+    if not careful:  # the whole batch is done again, carefully, if this raises
+        handle(app, session, message, notes)
+    else:
+        savepoint = session.begin_nested()
+        try:
+            handle(app, session, message, notes)
+            savepoint.commit()
+        except Exception:
+            savepoint.rollback()
+            error = traceback.format_exc()
+            log.error("importing message %s failed, parked:\n%s", pk, error)
+            message = session.get(Message, pk)
+            if message is not None:
+                message.state = "failed"
+                message.error = error
+                message.attempts += 1
+                message.processed_at = app.now()
+            report.count("failed")
+            return
     if message.state == "done":  # a reply that waits is counted when it is placed
         report.count(message.outcome or "done")
+    elif message.state == "held":
+        report.waiting += 1
