@@ -147,8 +147,9 @@ class RunningServer:
             return self.app.db.call(lambda s: s.execute(select(func.count()).select_from(
                 Message).where(Message.state == "queued")).scalar_one() + s.execute(
                 select(func.count()).select_from(Outbox).where(
-                    Outbox.state.in_(("queued", "sending")),
-                    Outbox.next_attempt_at <= self.app.now())).scalar_one())
+                    (Outbox.state == "sending") | ((Outbox.state == "queued") &
+                                                   (Outbox.next_attempt_at <= self.app.now())))
+            ).scalar_one())
         wait_for(lambda: busy() == 0, timeout, "queues to drain")
 
 
