@@ -159,11 +159,12 @@ def _new_items(session: Session, items: list[Incoming]) -> list[Incoming]:
     """The batch's messages that are not stored yet (one query; a re-run skips fast)."""
     keys = [(header_message_id(i.raw), content_digest(i.raw)) for i in items]
     ids = list({mid for mid, _ in keys if mid})
-    known: set[tuple[str, str]] = set()
+    known: set[tuple[str | None, str]] = set()
     for start in range(0, len(ids), 500):
-        known.update(session.execute(select(Message.message_id, Message.digest).where(
+        rows = session.execute(select(Message.message_id, Message.digest).where(
             Message.list_name == items[0].list_name,
-            Message.message_id.in_(ids[start:start + 500]))).tuples())
+            Message.message_id.in_(ids[start:start + 500])))
+        known.update((mid, digest) for mid, digest in rows)
     return [i for i, key in zip(items, keys) if key not in known]
 
 
