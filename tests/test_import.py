@@ -195,6 +195,7 @@ def test_import_threads_as_notmuch_does(app, tmp_path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_ten_thousand_messages(app, tmp_path) -> None:
     gen = generate(tmp_path / "big.mbox", 10_000)
     started = time.monotonic()
