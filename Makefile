@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= config.toml
 
-.PHONY: install serve test test-pg bench clean
+.PHONY: install serve test test-pg bench clean translations
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,11 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info var
+
+# Extract the archive's strings from the templates and merge them into each language's
+# catalogue (listserver/locale/LANG/LC_MESSAGES/messages.po); translate the new entries.
+# Catalogues are compiled in memory when used: there is no .mo to build or commit.
+translations: install
+	mkdir -p build
+	$(BIN)/pybabel extract -F babel.cfg --no-location --omit-header -o build/messages.pot .
+	$(BIN)/pybabel update -i build/messages.pot -d listserver/locale --no-fuzzy-matching --omit-header

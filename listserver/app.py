@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +55,8 @@ class App:
         self.templates.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
         self.renderers: dict[str, Renderer] = {}
         self.bounce_handlers: list[Callable[[Context], str]] = []
+        # Background coroutines ``serve`` runs besides its own (plugins add them).
+        self.tasks: list[Callable[[App, asyncio.Event], Coroutine[Any, Any, None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         # In a receiver process: a pipe to the process that runs the worker.
         self.external_wake_fd: int | None = None

@@ -254,6 +254,36 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 @command
+def cmd_render(args: argparse.Namespace) -> int:
+    import time
+    from .archive import Archive
+    app = make_app(args)
+    archive = Archive(app)
+    started = time.monotonic()
+    count = archive.render_full() if args.full else archive.catch_up()
+    rendered = time.monotonic() - started
+    archive.build_search(set(app.config.lists) if args.full else None)
+    print(f"rendered {count} post(s) in {rendered:.1f}s into {app.config.archive_dir}"
+          f" (search index: {time.monotonic() - started - rendered:.1f}s)")
+    app.close()
+    return 0
+
+
+@command
+def cmd_import(args: argparse.Namespace) -> int:
+    from .importer import import_mbox
+    app = make_app(args)
+    lst = app.list(args.list)
+    path = Path(args.mbox)
+    if not path.is_file():
+        raise ListserverError(f"{path}: no such file")
+    report = import_mbox(app, lst.name, path, progress=sys.stderr.isatty())
+    print(f"imported into {lst.name}: {report.summary()}")
+    app.close()
+    return 1 if report.outcomes.get("failed") else 0
+
+
+@command
 def cmd_status(args: argparse.Namespace) -> int:
     from .status import status
     app = make_app(args)

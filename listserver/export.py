@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from .config import Config, ListConfig
+from .mbox import write_message
 from .models import Comment, Message, Post
 from .urls import comment_url, post_url
 
@@ -64,15 +65,7 @@ def write_mbox(session: Session, lst: ListConfig, out: IO[bytes]) -> int:
             message = session.get(Message, pk)
             if message is None:
                 continue
-            sender = message.envelope_from or message.from_address or "MAILER-DAEMON"
-            stamp = message.received_at.strftime("%a %b %d %H:%M:%S %Y")
-            out.write(f"From {sender} {stamp}\n".encode())
-            body = message.raw.replace(b"\r\n", b"\n")
-            for line in body.split(b"\n"):
-                stripped = line.lstrip(b">")
-                out.write((b">" + line if stripped.startswith(b"From ") else line) + b"\n")
-            if not body.endswith(b"\n"):
-                out.write(b"\n")
-            out.write(b"\n")
+            write_message(out, message.raw, message.envelope_from or message.from_address or "",
+                          message.received_at)
             count += 1
     return count

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .app import App
 
-PARTS: list[str] = []
+PARTS: list[str] = ["archive"]
 
 
 def install(app: App) -> None:

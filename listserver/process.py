@@ -126,7 +126,8 @@ def park(app: App, pk: int, error: str) -> None:
             message.processed_at = app.now()
 
 
-def handle(app: App, session: Session, message: Message) -> None:
+def handle(app: App, session: Session, message: Message,
+           notes: dict[str, str] | None = None) -> None:
     lst = app.config.lists.get(message.list_name)
     if lst is None:
         raise RuntimeError(f"list {message.list_name!r} is no longer configured")
@@ -138,7 +139,7 @@ def handle(app: App, session: Session, message: Message) -> None:
     addresses = [a for a in (parse_address(r, app.config) for r in message.recipients.split())
                  if a is not None] or [ListAddress(message.list_name)]
     ctx = Context(app=app, session=session, message=message, parsed=parsed, lst=lst,
-                  addresses=addresses, approved=message.approved)
+                  addresses=addresses, approved=message.approved, notes=dict(notes or {}))
     rule, action, reason = decide(ctx)
     try:
         ACTIONS[action](ctx, reason)
@@ -222,6 +223,15 @@ def act_hold(ctx: Context, reason: str) -> None:
     _hold(ctx, reason, waiting)
 
 
+def act_wait(ctx: Context, reason: str) -> None:
+    """Held quietly until its parent is published: no notice (imports release the rest)."""
+    ctx.message.state = "held"
+    ctx.message.outcome = "held"
+    ctx.message.reason = reason
+    ctx.message.waiting_for = ctx.placement.wanted
+    ctx.message.processed_at = ctx.app.now()
+
+
 def act_confirm_post(ctx: Context, reason: str) -> None:
     token = ctx.app.issue_token(ctx.session, ctx.lst.name, "confirm-post",
                                 address=ctx.parsed.from_address, ref=str(ctx.message.id))
@@ -258,7 +268,7 @@ def act_command(ctx: Context, reason: str) -> None:
 
 
 ACTIONS = {
-    "post": act_post, "comment": act_comment, "hold": act_hold,
+    "post": act_post, "comment": act_comment, "hold": act_hold, "wait": act_wait,
     "confirm-post": act_confirm_post, "discard": act_discard, "reject": act_reject,
     "bounce": act_bounce, "owner": act_owner, "command": act_command,
 }

@@ -198,10 +198,73 @@ class NewThreadFromNonAuthor:
         return f"new thread from {ctx.parsed.from_address}, who is not an author"
 
 
-# (rule, action). Actions: bounce, owner, command, discard, reject, hold, post, comment,
-# confirm-post. Hold actions are skipped for messages a moderator approved.
+class Imported:
+    """Rows for ``listserver import`` (``message.source == 'import'``): an archive is history.
+
+    An imported thread root needs no author rights, nothing is held for a moderator (so no
+    notices), and neither the list's own List-Id (a loop when live) nor the mbox From_ line
+    (no SMTP envelope, so it may look like a null sender) says anything about an archive. A reply whose parent comes later in the
+    file waits for it quietly; at the end of the import (``notes['import'] == 'final'``)
+    what still waits becomes a post of its own. A duplicate Message-ID with other content is
+    a post under a new Message-ID.
+    """
+
+    name = "import"
+
+    def applies(self, ctx: Context) -> bool:
+        return ctx.message.source == "import"
+
+    def check(self, ctx: Context) -> str | None:
+        return "imported" if self.applies(ctx) else None
+
+
+class ImportDuplicateMessageId(Imported):
+    name = "import-duplicate-message-id"
+
+    def check(self, ctx: Context) -> str | None:
+        if not self.applies(ctx):
+            return None
+        reason = DuplicateMessageId().check(ctx)
+        return f"imported: {reason}; a post under a new Message-ID" if reason else None
+
+
+class ImportReply(Imported):
+    name = "import-reply"
+
+    def check(self, ctx: Context) -> str | None:
+        if not self.applies(ctx) or not ctx.is_reply or ctx.placement.target is None:
+            return None
+        return f"imported reply to {ctx.placement.target.message_id} (by {ctx.placement.how})"
+
+
+class ImportReplyWaits(Imported):
+    name = "import-reply-waits"
+
+    def check(self, ctx: Context) -> str | None:
+        if not self.applies(ctx) or not ctx.is_reply or ctx.notes.get("import") == "final":
+            return None
+        return f"imported reply to {ctx.placement.wanted}, not imported yet: waits for it"
+
+
+class ImportRoot(Imported):
+    name = "import-root"
+
+    def check(self, ctx: Context) -> str | None:
+        if not self.applies(ctx):
+            return None
+        if ctx.is_reply:
+            return "imported reply to a message that is not in the archive: a post of its own"
+        return "imported thread root (no author rights needed)"
+
+
+# (rule, action). Actions: bounce, owner, command, discard, reject, hold, wait, post,
+# comment, confirm-post. Hold actions are skipped for messages a moderator approved.
 CHAIN: list[tuple[Rule, str]] = [
     (SentTo("bounces-address", "bounces"), "bounce"),
+    (ImportDuplicateMessageId(), "post"),
+    (ImportReply(), "comment"),
+    (ImportReplyWaits(), "wait"),
+    (ImportRoot(), "post"),
     (LooksLikeBounce(), "bounce"),
     (Loop(), "discard"),
     (AutoReply(), "discard"),
@@ -217,7 +280,7 @@ CHAIN: list[tuple[Rule, str]] = [
     (NewThreadFromNonAuthor(), "hold"),
 ]
 
-HOLD_ACTIONS = frozenset({"hold", "confirm-post"})
+HOLD_ACTIONS = frozenset({"hold", "wait", "confirm-post"})
 
 
 def decide(ctx: Context) -> tuple[str, str, str]:

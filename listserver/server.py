@@ -46,7 +46,7 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self.web: WebServer | None = None
         self.committer: GroupCommitter | None = None
-        self.extra_tasks: list[Callable[[App, asyncio.Event], asyncio.Future[None]]] = []
+        self.extra_tasks: list[Callable[[App, asyncio.Event], Any]] = list(app.tasks)
 
     async def start(self) -> None:
         app = self.app
@@ -83,7 +83,9 @@ class Server:
             self._tasks.append(loop.create_task(Sender(app).run(self.stop_event)))
         if "schedule" in self.roles:
             self._tasks.append(loop.create_task(scheduler.run(app, self.stop_event)))
-        for factory in self.extra_tasks:
+        # Plugins' background work (archive rendering) belongs with processing: receivers
+        # forked by the supervisor run none of it.
+        for factory in (self.extra_tasks if "process" in self.roles else []):
             self._tasks.append(loop.create_task(factory(app, self.stop_event)))  # type: ignore
         if self.announce:
             log.info("listserver serving: smtp %s:%s lmtp %s http %s:%s, lists %s",

@@ -89,18 +89,20 @@ def place(session: Session, list_name: str, own_id: str, parsed: ParsedMessage,
         target = lookup(session, list_name, irt)
         if target is not None:
             return Placement(target, None, "in-reply-to")
-    for ref in reversed(parsed.references):
-        if ref == own_id or ref == irt:
+    refs = [r for r in parsed.references if r != own_id]
+    # The real parent: the In-Reply-To, else the last reference (re-attached when it comes).
+    real = irt or (refs[-1] if refs else None)
+    for ref in reversed(refs):
+        if ref == irt:
             continue
         target = lookup(session, list_name, ref)
         if target is not None:
-            return Placement(target, irt, "references")
+            return Placement(target, real if real != ref else None, "references")
     if address is not None and address.command == "reply" and address.token:
         target = lookup_token(session, list_name, address.token)
         if target is not None:
             return Placement(target, irt, "token")
-    refs = [r for r in parsed.references if r != own_id]
-    return Placement(None, irt or (refs[-1] if refs else None), "none")
+    return Placement(None, real, "none")
 
 
 def ancestors(session: Session, comment: Comment) -> set[str]:
