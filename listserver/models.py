@@ -178,6 +178,7 @@ class Token(Base):
     """A single-use, expiring token: confirmations, moderation decisions, unsubscribe links."""
 
     __tablename__ = "tokens"
+    __table_args__ = (Index("ix_tokens_address", "list_name", "address"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     token: Mapped[str] = mapped_column(String(64), unique=True)
@@ -208,7 +209,12 @@ class Outbox(Base):
     envelope_from: Mapped[str] = mapped_column(String(500), default="")
     # Complete message bytes for one-off mail (notices); None when rendered at send time.
     content: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
-    # queued, sent, failed (permanent), bounced (gave up)
+    # The subscription a list mail is for: personalisation at send time, and it is only
+    # sent while that subscription is active.
+    subscription_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscriptions.id", name="fk_outbox_subscription"), default=None)
+    # queued, sending, sent, failed (permanent), bounced (gave up), cancelled (the
+    # subscription ended before it went out)
     state: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
