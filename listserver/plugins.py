@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .app import App
 
-PARTS: list[str] = []
+PARTS: list[str] = [
+    "fanout",   # outbound (issue 3)
+]
 
 
 def install(app: App) -> None:

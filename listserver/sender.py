@@ -5,6 +5,13 @@ into the future, in the same transaction that selects it (``FOR UPDATE SKIP LOCK
 PostgreSQL, so several senders share the work). A sender that dies leaves its rows to come
 due again when the lease runs out: a mail in flight at a crash may go out twice, never zero
 times. A sent row is marked ``sent`` and never claimed again.
+
+Rows without content (list mail) are made at claim time by ``app.renderers[kind]``, which
+gets a ``Pending`` and returns a ``Rendered`` (or bytes; or None: nothing to send). A row
+for a subscription that is no longer active is ``cancelled`` instead. Every mail is
+DKIM-signed after the claim transaction when ``outbound.dkim_key_file`` is set. Results are
+written back set-based: one UPDATE per 500 sent rows. A mail that fails for good (5xx) or
+is given up after ``outbound.max_retry_age`` counts as a bounce for its subscription.
 """
 
 from __future__ import annotations
@@ -12,14 +19,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import mailbox
+import re
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from sqlalchemy import or_, select
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
-from .models import Outbox
+from .errors import ConfigError
+from .models import Outbox, Subscription
 
 if TYPE_CHECKING:
     from .app import App
@@ -62,67 +74,156 @@ class MaildirTransport:
 
 
 @dataclass
+class Pending:
+    """A claimed outbox row, as a renderer sees it."""
+
+    id: int
+    list_name: str
+    kind: str
+    ref: str
+    recipient: str
+    envelope_from: str
+    content: bytes | None
+    attempts: int
+    created_at: datetime
+    subscription_id: int | None
+    subscriber_name: str = ""
+
+
+@dataclass
+class Rendered:
+    """What a renderer makes of a row: the message, and its envelope sender if not the row's."""
+
+    content: bytes
+    envelope_from: str | None = None
+
+
+@dataclass
 class Claimed:
     id: int
+    list_name: str
     recipient: str
     envelope_from: str
     content: bytes
     attempts: int
     created_age: float
+    subscription_id: int | None = None
 
 
 class Sender:
     def __init__(self, app: App, transport: Transport | None = None) -> None:
         self.app = app
         self.transport = transport or make_transport(app)
-        self.batch = 200
+        self.batch = 500
+        self.sign = make_signer(app)
 
     def _claim(self) -> list[Claimed]:
+        """Claim due rows, render those made at send time, and DKIM-sign (after commit)."""
         app = self.app
         now = app.now()
         out: list[Claimed] = []
+        cancelled: list[int] = []
+        failed: list[dict[str, object]] = []
         with app.db.transaction() as session:
-            rows = session.execute(
-                select(Outbox).where(or_(Outbox.state == "queued", Outbox.state == "sending"),
-                                     Outbox.next_attempt_at <= now)
+            rows = [Pending(*r) for r in session.execute(
+                select(Outbox.id, Outbox.list_name, Outbox.kind, Outbox.ref, Outbox.recipient,
+                       Outbox.envelope_from, Outbox.content, Outbox.attempts,
+                       Outbox.created_at, Outbox.subscription_id)
+                .where(Outbox.state.in_(("queued", "sending")), Outbox.next_attempt_at <= now)
                 .order_by(Outbox.next_attempt_at, Outbox.id).limit(self.batch)
-                .with_for_update(skip_locked=True)).scalars().all()
+                .with_for_update(skip_locked=True))]
+            if not rows:
+                return []
+            subscribers = _subscribers(session, {r.subscription_id for r in rows
+                                                 if r.subscription_id is not None})
             for row in rows:
-                content = row.content
-                if content is None:
-                    renderer = app.renderers.get(row.kind)
-                    if renderer is None:
-                        row.state = "failed"
-                        row.last_error = f"no renderer for kind {row.kind!r}"
-                        log.error("outbox %s: %s", row.id, row.last_error)
+                if row.subscription_id is not None:
+                    sub = subscribers.get(row.subscription_id)
+                    if sub is None or sub[1] != "active":
+                        cancelled.append(row.id)
                         continue
-                    content = renderer(session, row)
-                row.state = "sending"
-                row.next_attempt_at = now + LEASE
-                out.append(Claimed(row.id, row.recipient, row.envelope_from, content,
-                                   row.attempts, (now - row.created_at).total_seconds()))
+                    row.subscriber_name = sub[0]
+                content, envelope = row.content, row.envelope_from
+                if content is None:
+                    try:
+                        result = self._render(session, row)
+                    except Exception:
+                        log.exception("outbox %s (%s %s): rendering failed", row.id, row.kind,
+                                      row.ref)
+                        failed.append({"id": row.id, "last_error": traceback.format_exc()})
+                        continue
+                    if result is None:
+                        cancelled.append(row.id)
+                        continue
+                    content, envelope = result.content, result.envelope_from or envelope
+                out.append(Claimed(row.id, row.list_name, row.recipient, envelope, content,
+                                   row.attempts, (now - row.created_at).total_seconds(),
+                                   row.subscription_id))
+            for chunk in _chunks([c.id for c in out]):
+                session.execute(update(Outbox).where(Outbox.id.in_(chunk)).values(
+                    state="sending", next_attempt_at=now + LEASE))
+            for chunk in _chunks(cancelled):
+                session.execute(update(Outbox).where(Outbox.id.in_(chunk)).values(
+                    state="cancelled", last_error="nothing to send (subscription ended, or "
+                    "what it refers to is gone)"))
+            if failed:
+                session.execute(update(Outbox), [dict(f, state="failed") for f in failed])
+        if self.sign is not None:
+            for item in out:
+                item.content = self.sign(item.content)
         return out
+
+    def _render(self, session: Session, row: Pending) -> Rendered | None:
+        renderer = self.app.renderers.get(row.kind)
+        if renderer is None:
+            raise LookupError(f"no renderer for kind {row.kind!r}")
+        result = renderer(session, row)
+        if result is None or isinstance(result, Rendered):
+            return result
+        return Rendered(result)
 
     def _record(self, results: list[tuple[Claimed, str, str]]) -> None:
         app = self.app
         now = app.now()
         max_age = float(app.config.outbound["max_retry_age"])
+        sent = [item.id for item, outcome, _ in results if outcome == "sent"]
+        changes: list[dict[str, object]] = []
+        gave_up: list[tuple[Claimed, str]] = []
+        for item, outcome, error in results:
+            if outcome == "sent":
+                continue
+            change: dict[str, object] = {"id": item.id, "attempts": item.attempts + 1,
+                                         "last_error": error[:2000]}
+            if outcome == "permanent":
+                change["state"] = "failed"
+                gave_up.append((item, error))
+            elif item.created_age >= max_age:
+                change["state"] = "bounced"
+                change["last_error"] = f"gave up after retries: {error}"[:2000]
+                gave_up.append((item, change["last_error"]))  # type: ignore[arg-type]
+            else:
+                change["state"] = "queued"
+            delay = min(FIRST_RETRY * 2 ** item.attempts, MAX_RETRY_INTERVAL)
+            change["next_attempt_at"] = now + timedelta(seconds=delay)
+            changes.append(change)
         with app.db.transaction() as session:
-            for item, outcome, error in results:
-                row = session.get(Outbox, item.id)
-                if row is None:
-                    continue
-                row.attempts += 1
-                if outcome == "sent":
-                    row.state, row.sent_at, row.last_error = "sent", now, None
-                elif outcome == "permanent":
-                    row.state, row.last_error = "failed", error
-                elif item.created_age >= max_age:
-                    row.state, row.last_error = "bounced", f"gave up after retries: {error}"
-                else:
-                    delay = min(FIRST_RETRY * 2 ** item.attempts, MAX_RETRY_INTERVAL)
-                    row.state, row.last_error = "queued", error
-                    row.next_attempt_at = now + timedelta(seconds=delay)
+            for chunk in _chunks(sent):
+                session.execute(update(Outbox).where(Outbox.id.in_(chunk)).values(
+                    state="sent", sent_at=now, last_error=None,
+                    attempts=Outbox.attempts + 1))
+            if changes:
+                session.execute(update(Outbox), changes)
+            for item, error in gave_up:
+                if item.subscription_id is not None:
+                    from .bouncescore import delivery_failed
+                    delivery_failed(app, session, item.list_name, item.subscription_id, error)
+
+    async def deliver(self) -> int:
+        """Drain once, then close the transport (``listserver deliver``)."""
+        try:
+            return await self.drain_once()
+        finally:
+            await self.transport.close()
 
     async def drain_once(self) -> int:
         """Send everything due now; return how many rows were tried."""
@@ -166,6 +267,49 @@ class Sender:
             except asyncio.TimeoutError:
                 pass
         await self.transport.close()
+
+
+T = TypeVar("T")
+
+
+def _chunks(items: list[T], size: int = 500) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _subscribers(session: Session, ids: set[int]) -> dict[int, tuple[str, str]]:
+    """id -> (name, state) of the subscriptions some claimed rows are for."""
+    found: dict[int, tuple[str, str]] = {}
+    for chunk in _chunks(sorted(ids)):
+        for ident, name, state in session.execute(select(
+                Subscription.id, Subscription.name, Subscription.state).where(
+                Subscription.id.in_(chunk))):
+            found[ident] = (name, state)
+    return found
+
+
+def make_signer(app: App) -> Callable[[bytes], bytes] | None:
+    """DKIM signing of every outgoing mail with ``outbound.dkim_key_file``, if one is set."""
+    from .dkim import RECOMMENDED_HEADERS, sign
+    key_file = str(app.config.outbound["dkim_key_file"])
+    if not key_file:
+        return None
+    try:
+        key = app.config.resolve(key_file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"outbound.dkim_key_file: cannot read {key_file}: "
+                          f"{exc.strerror}") from None
+    selector = str(app.config.outbound["dkim_selector"])
+    domain = app.config.domain
+
+    def signer(content: bytes) -> bytes:
+        content = re.sub(rb"\r?\n", b"\r\n", content)
+        try:
+            return sign(content, selector, domain, key, RECOMMENDED_HEADERS) + content
+        except ValueError as exc:
+            log.error("DKIM signing failed, sending unsigned: %s", exc)
+            return content
+    return signer
 
 
 def make_transport(app: App) -> Transport:
