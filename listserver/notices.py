@@ -46,7 +46,7 @@ def send(app: App, ctx_session: Any, lst: ListConfig, kind: str, ref: str, to: s
          template: str, reply_to: str | None = None, **values: Any) -> None:
     content = compose(app, lst, to, template, reply_to=reply_to, **values)
     outbox.enqueue(ctx_session, lst.name, kind, ref, to, content,
-                   list_address(app.config, lst.name, "bounces"))
+                   list_address(app.config, lst.name, "bounces"), when=app.now())
 
 
 def confirm_post(ctx: Context, token: str) -> None:
