@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from .app import App
 
 PARTS: list[str] = [
-    "fanout", "subcommands", "websubscribe",   # outbound (issue 3)
+    "fanout", "subcommands", "bouncescore", "websubscribe",   # outbound (issue 3)
 ]
 
 
