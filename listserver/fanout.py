@@ -84,6 +84,7 @@ class Fanout:
         self.app = app
         self.cache: OrderedDict[str, ListMail | None] = OrderedDict()
         self.cache_size = cache_size
+        self._link_cache: dict[str, tuple[str, str, str]] = {}
 
     def post_published(self, session: Session, post: Post) -> None:
         if _imported(session, post.message_pk):
@@ -121,6 +122,17 @@ class Fanout:
             self.cache.popitem(last=False)
         return mail
 
+    def _links(self, list_name: str) -> tuple[str, str, str]:
+        """(VERP address with a {} for the token, mailto prefix, unsubscribe URL prefix)."""
+        links = self._link_cache.get(list_name)
+        if links is None:
+            config = self.app.config
+            links = (list_address(config, list_name, "bounces", "{}"),
+                     f"mailto:{list_address(config, list_name, 'unsubscribe')}"
+                     "?subject=unsubscribe%20", unsubscribe_url(config, ""))
+            self._link_cache[list_name] = links
+        return links
+
     def render(self, session: Session, row: Pending) -> Rendered | None:
         """The renderer for rows of kind ``post`` and ``comment``."""
         if row.subscription_id is None:
@@ -128,15 +140,13 @@ class Fanout:
         mail = self.mail_for(session, row.list_name, row.ref)
         if mail is None:
             return None
-        app, name = self.app, row.list_name
-        sub = row.subscription_id
-        unsub = tokens.signed(app.secret, UNSUBSCRIBE, name, sub, row.recipient)
-        verp = tokens.signed(app.secret, BOUNCES, name, sub, row.recipient)
-        mailto = (f"mailto:{list_address(app.config, name, 'unsubscribe')}"
-                  f"?subject=unsubscribe%20{unsub}")
-        content = mail.personalise(row.recipient, row.subscriber_name,
-                                   unsubscribe_url(app.config, unsub), mailto)
-        return Rendered(content, list_address(app.config, name, "bounces", verp))
+        secret, name, sub = self.app.secret, row.list_name, row.subscription_id
+        unsub = tokens.signed(secret, UNSUBSCRIBE, name, sub, row.recipient)
+        verp = tokens.signed(secret, BOUNCES, name, sub, row.recipient)
+        envelope, mailto, url = self._links(name)
+        content = mail.personalise(row.recipient, row.subscriber_name, url + unsub,
+                                   mailto + unsub)
+        return Rendered(content, envelope.format(verp))
 
 
 def install(app: App) -> None:

@@ -198,7 +198,8 @@ class Outbox(Base):
     __tablename__ = "outbox"
     __table_args__ = (
         UniqueConstraint("kind", "ref", "recipient", name="uq_outbox_once"),
-        Index("ix_outbox_due", "state", "next_attempt_at"),
+        # The sender's claim: ordered by (next_attempt_at, id) straight from the index.
+        Index("ix_outbox_due", "state", "next_attempt_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

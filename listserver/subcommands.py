@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .app import App
     from .rules import Context
 
-SIGNED_RE = re.compile(r"\b[0-9a-z]{17,29}\b")
+SIGNED_RE = re.compile(r"\b[0-9a-z]{21,33}\b")
 MAX_LINES = 20
 
 
@@ -56,7 +56,7 @@ def subscribe(ctx: Context, mode: str | None = None) -> tuple[str, str]:
 
 def _signed_unsubscribe(ctx: Context) -> subscriptions.Subscription | None:
     text = f"{ctx.parsed.subject}\n{ctx.parsed.text[:2000]}".lower()
-    for candidate in SIGNED_RE.findall(text):
+    for candidate in SIGNED_RE.findall(text)[:10]:
         sub = subscriptions.from_signed(ctx.app, ctx.session, ctx.lst.name, candidate,
                                         UNSUBSCRIBE)
         if sub is not None:

@@ -1,4 +1,4 @@
-"""outbox subscription and token index
+"""outbox subscription, token index, claim index with id
 
 Revision ID: 0002
 Revises: 0001
@@ -20,6 +20,8 @@ def upgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.add_column(sa.Column('subscription_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True))
         batch_op.create_foreign_key('fk_outbox_subscription', 'subscriptions', ['subscription_id'], ['id'])
+        batch_op.drop_index('ix_outbox_due')
+        batch_op.create_index('ix_outbox_due', ['state', 'next_attempt_at', 'id'], unique=False)
 
     with op.batch_alter_table('tokens', schema=None) as batch_op:
         batch_op.create_index('ix_tokens_address', ['list_name', 'address'], unique=False)
@@ -33,6 +35,8 @@ def downgrade() -> None:
         batch_op.drop_index('ix_tokens_address')
 
     with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.drop_index('ix_outbox_due')
+        batch_op.create_index('ix_outbox_due', ['state', 'next_attempt_at'], unique=False)
         batch_op.drop_constraint('fk_outbox_subscription', type_='foreignkey')
         batch_op.drop_column('subscription_id')
 
