@@ -225,7 +225,7 @@ def _render(app: App, lst: ListConfig, values: dict[str, Any], text: str, html: 
         body_html = paragraphs(body_text)
     lang = lst.language
     plain = app.templates.get_template(f"email/list_mail.{lang}.txt").render(
-        body_text=body_text, truncated=truncated, **values)
+        body_text=body_text.rstrip(), truncated=truncated, **values)
     rich = app.templates.get_template(f"email/list_mail.{lang}.html").render(
         body_html=body_html, truncated=truncated, **values)
     rich = _INLINER.inline(rich)

@@ -160,10 +160,19 @@ def confirm_subscription(ctx: Context, row: tokens.Token) -> tuple[str, str]:
     return "confirmation", f"{row.kind} {row.address} confirmed: {outcome}"
 
 
+def from_someone(handler: commands.Handler) -> commands.Handler:
+    """Commands act for the From address: without a usable one there is no one to act for."""
+    def run(ctx: Context) -> tuple[str, str]:
+        if not subscriptions.valid_address(ctx.parsed.from_address):
+            return "rejected", "command without a usable From address"
+        return handler(ctx)
+    return run
+
+
 def install(app: App) -> None:
-    commands.HANDLERS["subscribe"] = subscribe
-    commands.HANDLERS["unsubscribe"] = unsubscribe
-    commands.HANDLERS["help"] = help_command
-    commands.HANDLERS["request"] = request
+    commands.HANDLERS["subscribe"] = from_someone(subscribe)
+    commands.HANDLERS["unsubscribe"] = from_someone(unsubscribe)
+    commands.HANDLERS["help"] = from_someone(help_command)
+    commands.HANDLERS["request"] = from_someone(request)
     commands.CONFIRM_KINDS["subscribe"] = confirm_subscription
     commands.CONFIRM_KINDS["unsubscribe"] = confirm_subscription

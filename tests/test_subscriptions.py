@@ -18,7 +18,7 @@ from sqlalchemy import select
 from listserver.app import App
 from listserver.cli import main
 from listserver.config import Config
-from listserver.models import Subscription
+from listserver.models import Message, Subscription
 from listserver.subscriptions import subscribe_now
 
 from conftest import POST_SECRET, Clock, RunningServer, make_mail, outbox_mail, wait_for
@@ -276,3 +276,15 @@ def test_cli_subscribe_unsubscribe_members(tmp_path: Path, database_url: str,
     wait_for(lambda: (tmp_path / "outbox" / "new").exists(), what="the maildir")
     [confirmation] = list((tmp_path / "outbox" / "new").iterdir())
     assert b"Confirm your subscription to Blogg" in confirmation.read_bytes()
+
+
+def test_command_without_a_usable_from_does_nothing(server: RunningServer) -> None:
+    raw = (b"From: nobody\r\nTo: blog+subscribe@lists.example.org\r\nSubject: subscribe\r\n"
+           b"Message-ID: <nofrom@example.net>\r\n\r\nsubscribe\r\n")
+    server.send(raw, to="blog+subscribe@lists.example.org")
+    server.idle()
+    row = wait_for(lambda: server.app.db.call(lambda s: s.execute(select(Message).where(
+        Message.message_id == "<nofrom@example.net>", Message.state == "done"))
+        .scalar_one_or_none()), what="processing")
+    assert row.outcome == "rejected"
+    assert server.app.db.call(lambda s: s.execute(select(Subscription)).first()) is None
