@@ -22,7 +22,7 @@ import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, func, literal, select
+from sqlalchemy import and_, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -70,11 +70,6 @@ def enqueue_fanout(app: App, session: Session, list_name: str, kind: str, ref: s
     count = session.execute(stmt).rowcount
     log.info("%s queued for %d subscriber(s) of %s", ref, count, list_name)
     return int(count)
-
-
-def count_recipients(session: Session, ref: str) -> int:
-    return int(session.execute(select(func.count()).select_from(Outbox).where(
-        Outbox.ref == ref)).scalar_one())
 
 
 class Fanout:

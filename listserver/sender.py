@@ -21,25 +21,19 @@ a whole batch at once (``send_many``: the Maildir writes a batch in one thread c
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
-import re
-import socket
-import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from sqlalchemy import BigInteger, ColumnElement, Select, any_, literal, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from .errors import ConfigError
 from .models import Outbox, Subscription
+from .signing import make_signer
 
 if TYPE_CHECKING:
     from .app import App
@@ -63,49 +57,6 @@ class Transport(Protocol):
     async def send(self, envelope_from: str, recipient: str, content: bytes) -> None: ...
 
     async def close(self) -> None: ...
-
-
-class MaildirTransport:
-    """Writes each mail into a Maildir, as a local delivery agent would: a file written in
-    ``tmp/`` and renamed into ``new/``, named like ``mailbox.Maildir`` names them. A batch
-    of mails is written in one worker-thread call (``send_many``)."""
-
-    def __init__(self, path: Path) -> None:
-        for sub in ("tmp", "new", "cur"):
-            (path / sub).mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._counter = itertools.count(1)
-        self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-
-    def write(self, envelope_from: str, recipient: str, content: bytes) -> None:
-        now = time.time()
-        name = (f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(self._counter)}."
-                f"{self._host}")
-        tmp = self.path / "tmp" / name
-        with open(tmp, "xb") as fh:
-            fh.write(f"Return-Path: <{envelope_from}>\r\nDelivered-To: {recipient}\r\n"
-                     .encode())
-            fh.write(content)
-        os.rename(tmp, self.path / "new" / name)
-
-    def write_many(self, items: list[tuple[str, str, bytes]]) -> list[Exception | None]:
-        errors: list[Exception | None] = []
-        for envelope_from, recipient, content in items:
-            try:
-                self.write(envelope_from, recipient, content)
-                errors.append(None)
-            except OSError as exc:
-                errors.append(TemporaryFailure(f"maildir: {exc}"))
-        return errors
-
-    async def send(self, envelope_from: str, recipient: str, content: bytes) -> None:
-        await asyncio.to_thread(self.write, envelope_from, recipient, content)
-
-    async def send_many(self, items: list[tuple[str, str, bytes]]) -> list[Exception | None]:
-        return await asyncio.to_thread(self.write_many, items)
-
-    async def close(self) -> None:
-        return None
 
 
 @dataclass
@@ -150,7 +101,7 @@ class Sender:
         self.app = app
         self.transport = transport or make_transport(app)
         self.batch = 500
-        self.sign = make_signer(app)
+        self.sign = make_signer(app)  # None: not signing
 
     def _claim(self) -> list[Claimed]:
         """Claim due rows, render those made at send time, and DKIM-sign (after commit)."""
@@ -359,33 +310,10 @@ def _subscribers(session: Session, ids: set[int]) -> dict[int, tuple[str, str]]:
     return found
 
 
-def make_signer(app: App) -> Callable[[bytes], bytes] | None:
-    """DKIM signing of every outgoing mail with ``outbound.dkim_key_file``, if one is set."""
-    from .dkim import RECOMMENDED_HEADERS, sign
-    key_file = str(app.config.outbound["dkim_key_file"])
-    if not key_file:
-        return None
-    try:
-        key = app.config.resolve(key_file).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"outbound.dkim_key_file: cannot read {key_file}: "
-                          f"{exc.strerror}") from None
-    selector = str(app.config.outbound["dkim_selector"])
-    domain = app.config.domain
-
-    def signer(content: bytes) -> bytes:
-        content = re.sub(rb"\r?\n", b"\r\n", content)
-        try:
-            return sign(content, selector, domain, key, RECOMMENDED_HEADERS) + content
-        except ValueError as exc:
-            log.error("DKIM signing failed, sending unsigned: %s", exc)
-            return content
-    return signer
-
-
 def make_transport(app: App) -> Transport:
     if app.config.outbound["transport"] == "smtp":
         from .relay import SmtpTransport
         return SmtpTransport(app.config)
+    from .maildir import MaildirTransport
     return MaildirTransport(app.config.maildir)
 

@@ -17,7 +17,6 @@ from sqlalchemy import select
 
 from listserver import tokens
 from listserver.app import App
-from listserver.config import Config
 from listserver.dkim import dns_txt_func, generate_keypair
 from listserver.fanout import BOUNCES
 from listserver.intake import Incoming, store_incoming
