@@ -380,3 +380,27 @@ def test_done_when(database_url: str, tmp_path: Path, sink: Sink,
         server.idle()
     assert len(sink.to("alle@example.net")) == 2
     assert len(sink.to("innlegg@example.net")) == 2
+
+
+def test_relay_restart_between_batches_costs_no_retry(relay_app: App, sink: Sink) -> None:
+    """Pooled connections that the relay has dropped are replaced at once, not deferred."""
+    app = relay_app
+    subscribe(app, "anne@example.net")
+    subscribe(app, "bjorn@example.net")
+
+    async def two_posts() -> tuple[int, int]:
+        sender = Sender(app)
+        try:
+            new_post(app, "Første")
+            first = await sender.drain_once()
+            sink.stop()                        # the relay restarts: its connections drop
+            sink.start()
+            new_post(app, "Andre")
+            return first, await sender.drain_once()
+        finally:
+            await sender.transport.close()
+    assert asyncio.run(two_posts()) == (2, 2)
+    states = app.db.call(lambda s: s.execute(select(Outbox.state, Outbox.attempts)).all())
+    assert states == [("sent", 1)] * 4
+    assert Counter(rcpt for _, rcpt, _ in sink.messages()) == {
+        "anne@example.net": 2, "bjorn@example.net": 2}
