@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +70,7 @@ class App:
 
     def issue_token(self, session: Session, list_name: str, kind: str, *, address: str = "",
                     ref: str = "") -> str:
-        ttl = timedelta(days=int(self.config.site["confirm_days"]))
+        ttl = tokens.days(int(self.config.site["confirm_days"]))
         return tokens.issue(session, self.secret, list_name, kind, address=address, ref=ref,
                             ttl=ttl, now=self.now())
 

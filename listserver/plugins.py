@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .app import App
 
-PARTS: list[str] = [
-    "fanout", "subcommands", "bouncescore", "websubscribe",   # outbound (issue 3)
-]
+PARTS: list[str] = []
+
+PARTS += ["fanout", "subcommands", "bouncescore", "websubscribe"]  # outbound (issue 3)
 
 
 def install(app: App) -> None:

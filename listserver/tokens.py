@@ -28,6 +28,10 @@ from .models import Token, utcnow
 DEFAULT_TTL = timedelta(days=3)
 
 
+def days(n: int) -> timedelta:
+    return timedelta(days=n)
+
+
 class TokenError(Exception):
     """Why a token cannot be used: 'unknown', 'expired' or 'used'."""
 

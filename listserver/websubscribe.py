@@ -8,9 +8,10 @@ POST behind the button acts. ``POST /unsubscribe/TOKEN`` with the body
 and answers 200: no redirect, no cookie, no second step. The token is a signed one
 (``tokens.signed``), so links in mail sent months ago still work and cannot be forged.
 
-The form answers the same page whatever the address's state ("check your mail"); whether
-it was already subscribed is told by mail, to the address itself, so the form does not
-reveal who is subscribed.
+The form is ``/subscribe/LIST`` (or ``/subscribe`` with a ``list`` field), with the fields
+``address``, ``name`` and ``mode``; the archive's pages post to it. It answers the same page
+whatever the address's state ("check your mail"): whether it was already subscribed is
+told by mail, to the address itself, so the form does not reveal who is subscribed.
 """
 
 from __future__ import annotations
@@ -48,13 +49,16 @@ def _field(request: Request, name: str) -> str:
 
 
 def _list(app: App, request: Request) -> ListConfig | None:
-    name = _field(request, "list")
+    name = request.match["list"] or _field(request, "list")
     if not name and len(app.config.lists) == 1:
         name = next(iter(app.config.lists))
     return app.config.lists.get(name)
 
 
-@route("GET", r"/subscribe")
+SUBSCRIBE = r"/subscribe(?:/(?P<list>[a-z0-9][a-z0-9._-]*))?"
+
+
+@route("GET", SUBSCRIBE)
 def subscribe_form(app: App, request: Request) -> Response:
     lst = _list(app, request)
     if lst is None:
@@ -62,7 +66,7 @@ def subscribe_form(app: App, request: Request) -> Response:
     return page(app, lst, "subscribe", modes=MODES, mode=lst.default_mode)
 
 
-@route("POST", r"/subscribe")
+@route("POST", SUBSCRIBE)
 def subscribe(app: App, request: Request) -> Response:
     lst = _list(app, request)
     if lst is None:

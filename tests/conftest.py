@@ -142,14 +142,14 @@ class RunningServer:
     def idle(self, timeout: float = 20) -> None:
         """Wait until nothing is queued for processing or sending."""
         from listserver.models import Message, Outbox
-        from sqlalchemy import and_, func, or_, select
+        from sqlalchemy import func, select
 
         def busy() -> int:
             return self.app.db.call(lambda s: s.execute(select(func.count()).select_from(
                 Message).where(Message.state == "queued")).scalar_one() + s.execute(
-                select(func.count()).select_from(Outbox).where(or_(
-                    Outbox.state == "sending", and_(Outbox.state == "queued",
-                                                    Outbox.next_attempt_at <= self.app.now())))
+                select(func.count()).select_from(Outbox).where(
+                    (Outbox.state == "sending") | ((Outbox.state == "queued") &
+                                                   (Outbox.next_attempt_at <= self.app.now())))
             ).scalar_one())
         wait_for(lambda: busy() == 0, timeout, "queues to drain")
 

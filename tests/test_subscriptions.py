@@ -106,15 +106,17 @@ def test_expired_confirmation_is_answered(config: Config, make_app: Callable[...
 
 def test_web_form_subscribe(server: RunningServer) -> None:
     app = server.app
-    status, page, _ = http(server, "/subscribe")
+    status, page, _ = http(server, "/subscribe/blog")
     assert status == 200 and 'name="address"' in page and "Abonner på" in page
+    assert 'action="/subscribe/blog"' in page
+    assert http(server, "/subscribe/nosuchlist")[0] == 404
     status, page, _ = http(server, "/subscribe", b"list=blog&address=not-an-address")
     assert status == 400
     form = urlencode({"list": "blog", "address": "Web@Example.NET", "name": "Nettleser",
                       "mode": "posts"}).encode()
     status, page, _ = http(server, "/subscribe", form)
     assert status == 200 and "Sjekk e-posten din" in page and "web@example.net" in page
-    status, page, _ = http(server, "/subscribe", form)     # twice: one mail, same answer
+    status, page, _ = http(server, "/subscribe/blog", form)  # twice: one mail, same answer
     assert status == 200 and "Sjekk e-posten din" in page
     server.idle()
     [confirm] = mails_to(app, "web@example.net")
