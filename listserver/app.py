@@ -20,18 +20,19 @@ from sqlalchemy.orm import Session
 from . import tokens
 from .config import Config, ListConfig
 from .db import Database
-from .models import Outbox, utcnow
+from .models import utcnow
 from .publish import Hooks
 
 if TYPE_CHECKING:
     from .rules import Context
+    from .sender import Pending, Rendered
 
 log = logging.getLogger("listserver")
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates"
 
-# Renders the bytes of an outbox row whose content is made at send time (fan-out mail).
-Renderer = Callable[[Session, Outbox], bytes]
+# Renders an outbox row whose content is made at send time (fan-out mail); None: skip it.
+Renderer = Callable[[Session, "Pending"], "Rendered | bytes | None"]
 
 
 class App:
@@ -39,7 +40,7 @@ class App:
                  dns_txt: Callable[[bytes], bytes] | None = None) -> None:
         self.config = config
         self.db = Database(config.database_url)
-        self.hooks = Hooks()
+        self.hooks = Hooks(clock=lambda: self.clock())
         self.clock = clock or utcnow
         self.dns_txt = dns_txt
         self.secret = config.site_secret()
@@ -74,8 +75,9 @@ class App:
 
     def issue_token(self, session: Session, list_name: str, kind: str, *, address: str = "",
                     ref: str = "") -> str:
+        ttl = tokens.days(int(self.config.site["confirm_days"]))
         return tokens.issue(session, self.secret, list_name, kind, address=address, ref=ref,
-                            now=self.now())
+                            ttl=ttl, now=self.now())
 
     def bounce_handler(self, ctx: Context) -> str:
         from .bounces import analyse_bounce

@@ -218,6 +218,74 @@ def cmd_reject(args: argparse.Namespace) -> int:
 
 
 @command
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from .subscriptions import request_subscription, subscribe_now, valid_address
+    if not valid_address(args.address):
+        raise ListserverError(f"{args.address!r} is not an email address")
+    app = make_app(args)
+    try:
+        lst = app.list(args.list)
+        action = subscribe_now if args.no_confirm else request_subscription
+        outcome, sub = app.db.call(lambda s: action(app, s, lst, args.address, args.name,
+                                                    args.mode))
+    finally:
+        app.close()
+    print({
+        "subscribed": f"{sub.address} subscribed to {lst.name} (mode {sub.mode})",
+        "already": f"{sub.address} is already subscribed to {lst.name} (mode {sub.mode})",
+        "mode-set": f"{sub.address} is already subscribed to {lst.name}; mode now {sub.mode}",
+        "sent": f"confirmation mail queued for {sub.address}; the subscription starts when "
+                "it is confirmed",
+        "throttled": f"a confirmation was mailed to {sub.address} minutes ago; not sending "
+                     "another",
+    }[outcome])
+    return 0
+
+
+@command
+def cmd_unsubscribe(args: argparse.Namespace) -> int:
+    from .subscriptions import find, unsubscribe
+    app = make_app(args)
+
+    def run(session: Any) -> bool:
+        sub = find(session, args.list, args.address)
+        return sub is not None and unsubscribe(app, session, sub)
+    try:
+        app.list(args.list)
+        done = app.db.call(run)
+    finally:
+        app.close()
+    print(f"{args.address.lower()} {'unsubscribed from' if done else 'is not subscribed to'} "
+          f"{args.list}")
+    return 0
+
+
+@command
+def cmd_members(args: argparse.Namespace) -> int:
+    from .subscriptions import members
+    app = make_app(args)
+    try:
+        app.list(args.list)
+        rows = app.db.call(lambda s: [{
+            "address": m.address, "name": m.name, "mode": m.mode, "state": m.state,
+            "bounce_score": m.bounce_score,
+            "confirmed": m.confirmed_at.isoformat() if m.confirmed_at else None}
+            for m in members(s, args.list)])
+    finally:
+        app.close()
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=1))
+    else:
+        for r in rows:
+            name = f"  {r['name']}" if r["name"] else ""
+            state = "" if r["state"] == "active" else f"  ({r['state']})"
+            print(f"{r['address']}  {r['mode']}{state}{name}")
+        print(f"{sum(r['state'] == 'active' for r in rows)} active of {len(rows)}",
+              file=sys.stderr)
+    return 0
+
+
+@command
 def cmd_retry(args: argparse.Namespace) -> int:
     from .moderation import retry_failed
     from .worker import drain
@@ -234,8 +302,29 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     import asyncio
     from .sender import Sender
     app = make_app(args)
-    count = asyncio.run(Sender(app).drain_once())
+    count = asyncio.run(Sender(app).deliver())
     print(f"{count} mail(s) tried")
+    app.close()
+    return 0
+
+
+@command
+def cmd_digest(args: argparse.Namespace) -> int:
+    from .announce import digest_trigger
+    from .digest import pending, run_digest
+    app = make_app(args)
+    lst = app.list(args.list)
+    if args.now:
+        count = run_digest(app, lst.name)
+        import asyncio
+        from .sender import Sender
+        asyncio.run(Sender(app).deliver())
+        print(f"{count} digest(s) sent")
+    else:
+        waiting = list(pending(app, lst.name))
+        nxt = digest_trigger(lst).get_next_fire_time(None, app.now())
+        print(f"next digest: {nxt.isoformat() if nxt else 'never'}; "
+              f"{len(waiting)} subscriber(s) with new items (use --now to send them now)")
     app.close()
     return 0
 

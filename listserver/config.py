@@ -44,6 +44,10 @@ def _positive(value: int | float) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
+def _score(value: int | float) -> str | None:
+    return None if not isinstance(value, bool) and value > 0 else "must be a number above 0"
+
+
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in choices else "must be one of " + ", ".join(choices)
@@ -85,6 +89,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("site", "secret_file", str, "var/secret",
             "File holding the site secret for tokens (created if missing); "
             "LISTSERVER_SECRET overrides it."),
+    Setting("site", "confirm_days", int, 3,
+            "Days a confirmation mail (subscribe, unsubscribe, post, moderation) stays valid.",
+            _positive),
     Setting("smtp", "host", str, "127.0.0.1", "Address the inbound SMTP server listens on."),
     Setting("smtp", "port", int, 8025, "Inbound SMTP port (0 picks a free port).", _port),
     Setting("smtp", "lmtp_port", int, -1,
@@ -146,6 +153,23 @@ SETTINGS: tuple[Setting, ...] = (
             "LISTSERVER_POST_SECRET_<NAME> overrides it."),
     Setting("list", "default_mode", str, "all", "Delivery mode of new subscribers.",
             _one_of(*MODES)),
+    Setting("list", "bounce_threshold", (int, float), 5.0,
+            "Bounce score at which delivery to a subscriber is disabled (a permanent failure "
+            "adds 1, a temporary one 0.5, at most once a day).", _score),
+    Setting("list", "bounce_reset_days", int, 7,
+            "Days without a bounce after which a subscriber's bounce score starts again "
+            "from 0.", _positive),
+    Setting("list", "digest_time", str, "07:00",
+            "Local time (HH:MM, the list's time zone) at which digests go out.", _hhmm),
+    Setting("list", "digest_frequency", str, "daily", "How often digests go out.",
+            _one_of("daily", "weekly")),
+    Setting("list", "digest_day", str, "mon", "Weekday of weekly digests.",
+            _one_of("mon", "tue", "wed", "thu", "fri", "sat", "sun")),
+    Setting("list", "announce_at", str, "",
+            "HH:MM: posts published during the night (from quiet_from) are announced "
+            "together at this local time; '' announces every post at once.", _optional_hhmm),
+    Setting("list", "quiet_from", str, "22:00",
+            "Local time from which the night starts, with announce_at.", _hhmm),
 )
 
 
@@ -160,6 +184,13 @@ class ListConfig:
     timezone: str
     post_secret: str
     default_mode: str
+    bounce_threshold: float = 5.0
+    bounce_reset_days: int = 7
+    digest_time: str = "07:00"
+    digest_frequency: str = "daily"
+    digest_day: str = "mon"
+    announce_at: str = ""
+    quiet_from: str = "22:00"
 
     @property
     def tz(self) -> ZoneInfo:
@@ -266,6 +297,13 @@ def _list(table: Any, index: int) -> ListConfig:
         timezone=values["timezone"],
         post_secret=env_secret or values["post_secret"],
         default_mode=values["default_mode"],
+        bounce_threshold=float(values["bounce_threshold"]),
+        bounce_reset_days=values["bounce_reset_days"],
+        digest_time=values["digest_time"],
+        digest_frequency=values["digest_frequency"],
+        digest_day=values["digest_day"],
+        announce_at=values["announce_at"],
+        quiet_from=values["quiet_from"],
     )
 
 

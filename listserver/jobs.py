@@ -27,6 +27,8 @@ log = logging.getLogger("listserver.scheduler")
 _app: App | None = None
 # Per-list jobs other parts add (digests, announcements): name -> (function, trigger maker).
 PER_LIST: dict[str, tuple[Callable[[App, str], Any], Callable[[ListConfig], Any]]] = {}
+# Called by publish_due as well: batched announcements that have come due.
+ANNOUNCERS: list[Callable[[App], int]] = []
 TOKEN_GRACE = timedelta(days=7)
 
 
@@ -66,6 +68,8 @@ def publish_due_now(app: App) -> int:
         count = len(due)
     if count:
         app.wake_sender()
+    for announce in ANNOUNCERS:
+        count += announce(app)
     return count
 
 

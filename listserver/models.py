@@ -120,6 +120,8 @@ class Post(Base):
     publish_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     comment_count: Mapped[int] = mapped_column(Integer, default=0)
+    # With the list's announce_at: the announcement waits until this time.
+    announce_after: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     comments: Mapped[list[Comment]] = relationship(
         back_populates="post", order_by="Comment.number")
@@ -172,12 +174,32 @@ class Subscription(Base):
     last_bounce_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Digest watermark: everything published after this goes into the next digest.
+    digest_since: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # "text" (our grouped digest with reply links) or "mime" (multipart/digest of originals)
+    digest_format: Mapped[str] = mapped_column(String(8), default="text")
+
+
+class DigestRun(Base):
+    """One digest issue of a list: its number and the cut-off it covered."""
+
+    __tablename__ = "digest_runs"
+    __table_args__ = (UniqueConstraint("list_name", "volume", "issue", name="uq_digest_issue"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    list_name: Mapped[str] = mapped_column(String(64))
+    volume: Mapped[int] = mapped_column(Integer)
+    issue: Mapped[int] = mapped_column(Integer)
+    cutoff: Mapped[datetime] = mapped_column(UTCDateTime)
+    run_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    recipients: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Token(Base):
     """A single-use, expiring token: confirmations, moderation decisions, unsubscribe links."""
 
     __tablename__ = "tokens"
+    __table_args__ = (Index("ix_tokens_address", "list_name", "address"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     token: Mapped[str] = mapped_column(String(64), unique=True)
@@ -197,7 +219,8 @@ class Outbox(Base):
     __tablename__ = "outbox"
     __table_args__ = (
         UniqueConstraint("kind", "ref", "recipient", name="uq_outbox_once"),
-        Index("ix_outbox_due", "state", "next_attempt_at"),
+        # The sender's claim: ordered by (next_attempt_at, id) straight from the index.
+        Index("ix_outbox_due", "state", "next_attempt_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -208,7 +231,12 @@ class Outbox(Base):
     envelope_from: Mapped[str] = mapped_column(String(500), default="")
     # Complete message bytes for one-off mail (notices); None when rendered at send time.
     content: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
-    # queued, sent, failed (permanent), bounced (gave up)
+    # The subscription a list mail is for: personalisation at send time, and it is only
+    # sent while that subscription is active.
+    subscription_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscriptions.id", name="fk_outbox_subscription"), default=None)
+    # queued, sending, sent, failed (permanent), bounced (gave up), cancelled (the
+    # subscription ended before it went out)
     state: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -8,6 +8,7 @@ leave them alone, and go out through the outbox like everything else.
 from __future__ import annotations
 
 import email.utils
+from email.charset import QP, Charset
 from email.header import Header
 from email.mime.text import MIMEText
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     from .app import App
     from .rules import Context
 
+UTF8_QP = Charset("utf-8")
+UTF8_QP.body_encoding = QP  # readable in a raw view, unlike base64
+
 
 def compose(app: App, lst: ListConfig, to: str, template: str,
             reply_to: str | None = None, **values: Any) -> bytes:
@@ -29,12 +33,13 @@ def compose(app: App, lst: ListConfig, to: str, template: str,
     subject, _, body = text.partition("\n")
     # compat32 MIMEText: several times cheaper than EmailMessage's header registry, which
     # matters when a burst of held mail makes a notice each.
-    msg = MIMEText(body.lstrip("\n"), "plain", "utf-8")
+    msg = MIMEText(body.lstrip("\n"), "plain", UTF8_QP)  # type: ignore[arg-type]
     msg["From"] = email.utils.formataddr((lst.title, list_address(config, lst.name, "owner")),
                                          charset="utf-8")
     msg["To"] = to
-    msg["Subject"] = Header(subject.strip(), "utf-8").encode() if not subject.isascii() \
-        else subject.strip()
+    subject = subject.strip()
+    msg["Subject"] = subject if subject.isascii() else Header(  # type: ignore[assignment]
+        subject, "utf-8", header_name="Subject")
     msg["Date"] = email.utils.format_datetime(app.now())
     msg["Message-ID"] = email.utils.make_msgid("notice", domain=config.domain)
     msg["Auto-Submitted"] = "auto-generated"

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 PARTS: list[str] = ["archive"]
 
+PARTS += ["fanout", "subcommands", "bouncescore", "websubscribe"]  # outbound (issue 3)
+PARTS += ["announce"]  # digests and batched announcements (issue 4)
+
 
 def install(app: App) -> None:
     for name in PARTS:

@@ -30,6 +30,8 @@ class Hooks:
 
     post_published: list[Callable[[Session, Post], None]] = field(default_factory=list)
     comment_published: list[Callable[[Session, Comment], None]] = field(default_factory=list)
+    # The application's clock (tests inject one): publication times come from it.
+    clock: Callable[[], datetime] = utcnow
 
 
 def message_date(parsed: ParsedMessage, received: datetime) -> datetime:
@@ -68,7 +70,7 @@ def create_post(session: Session, hooks: Hooks, message: Message, parsed: Parsed
                                                           title),
         title=title, author_name=parsed.from_name, author_address=parsed.from_address,
         date=date, text=parsed.text, html=parsed.html, state=state, publish_at=publish_at,
-        published_at=utcnow() if state == "published" else None, comment_count=0)
+        published_at=hooks.clock() if state == "published" else None, comment_count=0)
     session.add(post)
     session.flush()
     if state == "published":
@@ -121,7 +123,7 @@ def create_comment(session: Session, hooks: Hooks, message: Message, parsed: Par
         author_name=parsed.from_name, author_address=parsed.from_address,
         date=message_date(parsed, message.received_at), subject=parsed.subject,
         text=parsed.new_text or parsed.text, quoted=parsed.quoted,
-        signature=parsed.signature, html=parsed.html, published_at=utcnow())
+        signature=parsed.signature, html=parsed.html, published_at=hooks.clock())
     session.add(comment)
     session.flush()
     after_publish(session, hooks, message.list_name, message_id, Target(post, comment))

@@ -28,6 +28,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import text
 
 from . import jobs
+from .db import make_engine
 
 if TYPE_CHECKING:
     from .app import App
@@ -73,8 +74,10 @@ class SchedulerLock:
                 return False
         if self._conn is None:
             self._conn = self.app.db.engine.connect()
-        got = self._conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
-                                 {"k": ADVISORY_KEY}).scalar()
+        # Keyed by schema too, so that installations sharing a database do not collide.
+        got = self._conn.execute(text(
+            "SELECT pg_try_advisory_lock(:k, hashtext(current_schema()))"),
+            {"k": ADVISORY_KEY}).scalar()
         self._conn.commit()
         return bool(got)
 
@@ -83,8 +86,14 @@ class SchedulerLock:
             os.close(self._fd)
             self._fd = None
         if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+            # The connection goes back to the pool, not away: unlock explicitly.
+            try:
+                self._conn.execute(text(
+                    "SELECT pg_advisory_unlock_all()"))
+                self._conn.commit()
+            finally:
+                self._conn.close()
+                self._conn = None
 
 
 def wanted_jobs(app: App) -> list[tuple[str, str, Any, list[str]]]:
@@ -105,7 +114,8 @@ def start(app: App, paused: bool = False) -> AsyncIOScheduler:
     """
     jobs.register(app)
     scheduler = AsyncIOScheduler(
-        jobstores={"default": SQLAlchemyJobStore(engine=app.db.engine)},
+        # Its own engine: APScheduler disposes of the job store's engine at shutdown.
+        jobstores={"default": SQLAlchemyJobStore(engine=make_engine(app.db.url))},
         job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
         timezone="UTC")
     scheduler.start(paused=True)
@@ -131,7 +141,7 @@ async def run(app: App, stop: asyncio.Event) -> None:
     lock = SchedulerLock(app)
     try:
         while not stop.is_set():
-            if await asyncio.to_thread(lock.try_acquire):
+            if lock.try_acquire():  # one quick query; not worth a thread it could outlive
                 break
             try:
                 await asyncio.wait_for(stop.wait(), TAKEOVER_SECONDS)

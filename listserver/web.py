@@ -40,6 +40,7 @@ class Request:
     match: re.Match[str]
     form: dict[str, list[str]]
     headers: Any
+    body: bytes = b""
 
 
 Route = Callable[["App", Request], Response]
@@ -77,13 +78,15 @@ def make_handler(app: App) -> type[SimpleHTTPRequestHandler]:
                 if match is None or route_method != method:
                     continue
                 form: dict[str, list[str]] = {}
+                body = b""
                 if method == "POST":
                     length = min(int(self.headers.get("Content-Length") or 0), 1 << 16)
-                    form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+                    body = self.rfile.read(length)
+                    form = parse_qs(body.decode("utf-8", "replace"))
                 elif "?" in self.path:
                     form = parse_qs(self.path.split("?", 1)[1])
                 try:
-                    response = fn(app, Request(method, path, match, form, self.headers))
+                    response = fn(app, Request(method, path, match, form, self.headers, body))
                 except Exception:
                     log.exception("HTTP %s %s failed", method, path)
                     response = Response(500, b"Internal error\n", "text/plain")

@@ -12,6 +12,7 @@ import email.utils
 import json
 import mailbox
 import os
+import re
 import smtplib
 import threading
 import time
@@ -176,11 +177,14 @@ def outbox_mail(app: App) -> list[email.message.EmailMessage]:
     if not path.exists():
         return []
     box = mailbox.Maildir(str(path), create=False)
+
+    def written(key: str) -> tuple[int, ...]:  # Maildir names: SECONDS.MusecPpidQn.host
+        found = re.match(r"(\d+)\.M(\d+)P\d+Q(\d+)", key)
+        return tuple(map(int, found.groups())) if found else (0,)
     items = []
-    for key in box.keys():
+    for key in sorted(box.keys(), key=written):
         with open(os.path.join(str(path), box._lookup(key)), "rb") as fh:  # type: ignore
             items.append(email.message_from_binary_file(fh, policy=email.policy.default))
-    items.sort(key=lambda m: m.get("Date", ""))
     return items  # type: ignore[return-value]
 
 
@@ -206,3 +210,90 @@ def make_mail(subject: str, body: str, *, sender: str = "Kari Nordmann <kari@exa
 
 def dump(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, indent=1)
+
+
+# --- Outbound: a real aiosmtpd server as the relay, and a clock tests can move ------------
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Sink:
+    """An aiosmtpd server standing in for the relay. It records what it accepts; ``refuse``
+    maps a recipient to the reply its RCPT gets instead (``"550 5.1.1 no such user"``)."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port or free_port()
+        self.received: list[tuple[str, list[str], bytes]] = []
+        self.refuse: dict[str, str] = {}
+        self.controller: Any = None
+        self._lock = threading.Lock()
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        reply = self.refuse.get(address.lower())
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self._lock:
+            self.received.append((envelope.mail_from, list(envelope.rcpt_tos),
+                                  envelope.original_content))
+        return "250 OK"
+
+    def start(self) -> Sink:
+        from aiosmtpd.controller import Controller
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def messages(self) -> list[tuple[str, str, email.message.EmailMessage]]:
+        """(envelope sender, recipient, parsed message) of everything accepted so far."""
+        with self._lock:
+            got = list(self.received)
+        return [(mail_from, rcpt, email.message_from_bytes(  # type: ignore[misc]
+            raw, policy=email.policy.default)) for mail_from, rcpts, raw in got for rcpt in rcpts]
+
+    def to(self, recipient: str) -> list[email.message.EmailMessage]:
+        return [m for _, rcpt, m in self.messages() if rcpt == recipient]
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    running = Sink().start()
+    yield running
+    running.stop()
+
+
+class Clock:
+    """A clock for ``App(clock=...)`` that tests move forward."""
+
+    def __init__(self) -> None:
+        from listserver.models import utcnow
+        self.now = utcnow()
+
+    def __call__(self) -> Any:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        from datetime import timedelta
+        self.now += timedelta(**delta)
+
+
+def relay_config(database_url: str, root: Path, port: int, **sections: Any) -> Config:
+    """The test config with ``transport = "smtp"`` pointed at a sink on ``port``."""
+    data = config_dict(database_url, blog=sections.pop("blog", {}))
+    data["outbound"].update(transport="smtp", host="127.0.0.1", port=port)
+    for name, values in sections.items():
+        data[name].update(values)
+    return parse_config(data, root=root)
