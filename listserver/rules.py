@@ -12,6 +12,7 @@ import email
 import email.policy
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
@@ -51,7 +52,8 @@ class Context:
 
     @cached_property
     def email(self) -> EmailMessage:
-        msg = email.message_from_bytes(self.message.raw, policy=email.policy.compat32)
+        # The header rules need the headers only: skip parsing the body a second time.
+        msg = BytesHeaderParser(policy=email.policy.compat32).parsebytes(self.message.raw)
         return msg  # type: ignore[return-value]
 
     @cached_property
