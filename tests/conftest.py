@@ -278,9 +278,9 @@ def sink() -> Iterator[Sink]:
 class Clock:
     """A clock for ``App(clock=...)`` that tests move forward."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Any = None) -> None:
         from listserver.models import utcnow
-        self.now = utcnow()
+        self.now = now or utcnow()
 
     def __call__(self) -> Any:
         return self.now

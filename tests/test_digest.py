@@ -20,17 +20,10 @@ from listserver.digest import run_digest
 from listserver.models import Outbox
 from listserver.subscriptions import subscribe_now
 
-from conftest import POST_SECRET, RunningServer, config_dict, make_mail
+from conftest import Clock, POST_SECRET, RunningServer, config_dict, make_mail
 
 OSLO = ZoneInfo("Europe/Oslo")
 
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def subscribe(app, address: str, mode: str = "digest") -> None:  # type: ignore[no-untyped-def]

@@ -12,17 +12,10 @@ from listserver import jobs
 from listserver.models import Message, Post
 from listserver.scheduler import SchedulerLock
 
-from conftest import POST_SECRET, RunningServer, make_mail, outbox_mail, wait_for
+from conftest import Clock, POST_SECRET, RunningServer, make_mail, outbox_mail, wait_for
 
 OSLO = ZoneInfo("Europe/Oslo")
 
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def test_scheduled_post_is_invisible_until_its_time(config, make_app) -> None:
