@@ -45,6 +45,8 @@ log = logging.getLogger("listserver.archive")
 STATE_FILE = ".listserver-state.json"
 POLL = 15.0                          # seconds between catch-up scans in serve
 MARGIN = timedelta(minutes=10)       # longest a publishing transaction may stay open
+RENDER_REST_AFTER = 0.05             # a render slower than this earns a rest of twice as long
+RENDER_REST_MAX = 5.0
 SEARCH_MAX_WAIT = 6                  # at most this many search delays under steady load
 
 Changes = dict[tuple[str, int], bool]   # (list, post id) -> is a new post
@@ -220,7 +222,18 @@ class Archive:
                 done = 0
                 pending = self.take_pending()
                 if pending:
+                    started = loop.time()
                     done += await work(self.render_changes, pending)
+                    # Throttle: a post with thousands of comments takes long to render, and
+                    # rendering it after every new comment would starve processing (same
+                    # process). Rest twice as long as the render took; commits meanwhile
+                    # collect in the pending set and are rendered together.
+                    spent = loop.time() - started
+                    if spent > RENDER_REST_AFTER:
+                        try:  # commits do not cut this short; only a stop does
+                            await asyncio.wait_for(stop.wait(), min(2 * spent, RENDER_REST_MAX))
+                        except asyncio.TimeoutError:
+                            pass
                 if loop.time() >= next_poll:
                     done += await work(self.catch_up)
                     next_poll = loop.time() + POLL
