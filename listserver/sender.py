@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("listserver.outbound")
 
-LEASE = timedelta(minutes=10)
 FIRST_RETRY = 60.0          # seconds; doubles on each attempt
 MAX_RETRY_INTERVAL = 3600.0 * 4
 
@@ -101,6 +100,7 @@ class Sender:
         self.app = app
         self.transport = transport or make_transport(app)
         self.batch = 500
+        self.lease = timedelta(seconds=int(app.config.outbound["lease"]))
         self.sign = make_signer(app)  # None: not signing
 
     def _claim(self) -> list[Claimed]:
@@ -152,7 +152,7 @@ class Sender:
                                    row.subscription_id))
             for chunk in _chunks([c.id for c in out]):
                 session.execute(update(Outbox).where(_one_of(session, Outbox.id, chunk)).values(
-                    state="sending", next_attempt_at=now + LEASE))
+                    state="sending", next_attempt_at=now + self.lease))
             for chunk in _chunks(cancelled):
                 session.execute(update(Outbox).where(_one_of(session, Outbox.id, chunk)).values(
                     state="cancelled", last_error="nothing to send (subscription ended, or "
@@ -273,7 +273,9 @@ class Sender:
         while not stop.is_set():
             wake.clear()
             try:
-                await self.drain_once()
+                tried = await self.drain_once()
+                if tried:
+                    log.info("outbox: %d mail(s) tried", tried)
             except Exception:
                 log.exception("outbox drain failed; trying again shortly")
                 await asyncio.sleep(1)
