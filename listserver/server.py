@@ -88,10 +88,18 @@ class Server:
         for factory in (self.extra_tasks if "process" in self.roles else []):
             self._tasks.append(loop.create_task(factory(app, self.stop_event)))  # type: ignore
         if self.announce:
-            log.info("listserver serving: smtp %s:%s lmtp %s http %s:%s, lists %s",
-                     config.smtp["host"], self.ports.get("smtp", self.smtp_port),
-                     self.ports.get("lmtp", self.lmtp_port) or "off", config.http["host"],
-                     self.http_port, ", ".join(config.lists) or "(none)")
+            # Receivers forked by the supervisor listen on ``ports`` for this process.
+            roles = [r for r in ROLES if r in self.roles or (r == "receive" and self.ports)]
+            where = []
+            if "receive" in roles:
+                where.append(f"smtp {config.smtp['host']}:"
+                             f"{self.ports.get('smtp', self.smtp_port)} lmtp "
+                             f"{self.ports.get('lmtp', self.lmtp_port) or 'off'}")
+            if "http" in roles:
+                where.append(f"http {config.http['host']}:{self.http_port}")
+            log.info("listserver serving: %s; roles %s; lists %s",
+                     " ".join(where) or "no ports", " ".join(roles) or "(none)",
+                     ", ".join(config.lists) or "(none)")
 
     def _poked(self) -> None:
         assert self.wake_fd is not None

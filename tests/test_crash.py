@@ -3,14 +3,8 @@ that was answered 250, and the restarted server finishes the work."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import smtplib
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import tomllib
@@ -20,59 +14,8 @@ from listserver.app import App
 from listserver.config import parse_config
 from listserver.models import Comment, Message
 
-from conftest import POST_SECRET, config_dict, make_mail, wait_for
-
-
-def write_config(tmp_path: Path, database_url: str) -> Path:
-    data = config_dict(database_url)
-    lines = []
-    for section in ("site", "smtp", "http", "database", "outbound", "archive"):
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {v!r}".replace("'", '"') for k, v in data[section].items()]
-    lines.append("[[list]]")
-    for k, v in data["list"][0].items():
-        lines.append(f"{k} = " + (str(v).replace("'", '"') if isinstance(v, list)
-                                  else f'"{v}"'))
-    path = tmp_path / "config.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tomllib.loads(path.read_text())  # it must be valid TOML
-    return path
-
-
-class Serve:
-    def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "listserver.cli", "--config", str(config), "serve"],
-            stderr=subprocess.PIPE, text=True)
-        self.port = 0
-        deadline = time.monotonic() + 60
-        assert self.proc.stderr is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            match = re.search(r"smtp 127\.0\.0\.1:(\d+)", line)
-            if match:
-                self.port = int(match.group(1))
-                break
-        assert self.port, "serve did not start"
-        self.log: list[str] = []
-        self.pump = threading.Thread(target=self._drain, daemon=True)
-        self.pump.start()
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        with self.proc.stderr:
-            for line in self.proc.stderr:
-                self.log.append(line)
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self.pump.join(10)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(30) == 0, "".join(self.log[-20:])
-        self.pump.join(10)
+from conftest import POST_SECRET, make_mail, wait_for
+from servekit import Serve, write_config
 
 
 def test_kill_9_during_load_loses_nothing_acknowledged(tmp_path: Path,

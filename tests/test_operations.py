@@ -16,7 +16,7 @@ from listserver.config import load_config
 from listserver.models import Message
 
 from conftest import RunningServer, make_mail, wait_for
-from test_crash import Serve, write_config
+from servekit import Serve, write_config
 
 
 def test_health_endpoint_reports_queues(server: RunningServer) -> None:
