@@ -225,20 +225,23 @@ class Sender:
         finally:
             await self.transport.close()
 
-    async def drain_once(self) -> int:
-        """Send everything due now; return how many rows were tried.
+    async def drain_once(self, stop: asyncio.Event | None = None) -> int:
+        """Send everything due now (or until ``stop``: the batch in hand is finished and
+        recorded first, so a clean stop leaves nothing in flight); return how many rows
+        were tried.
 
         Claim, send and record run one after the other: overlapping the claim (Python code
         on a thread) with the sending made both slower, the two threads fighting over the
         GIL."""
         total = 0
-        while True:
+        while stop is None or not stop.is_set():
             claimed = await asyncio.to_thread(self._claim)
             if not claimed:
                 return total
             results = await self._send_all(claimed)
             await asyncio.to_thread(self._record, results)
             total += len(claimed)
+        return total
 
     @staticmethod
     def _outcome(item: Claimed, error: BaseException | None) -> tuple[Claimed, str, str]:
@@ -273,7 +276,7 @@ class Sender:
         while not stop.is_set():
             wake.clear()
             try:
-                tried = await self.drain_once()
+                tried = await self.drain_once(stop)
                 if tried:
                     log.info("outbox: %d mail(s) tried", tried)
             except Exception:
