@@ -6,6 +6,7 @@ only duplicates are mails that were in flight at the kill (rows claimed, state
 from __future__ import annotations
 
 import random
+import time
 import smtplib
 from collections import Counter
 from pathlib import Path
@@ -78,3 +79,45 @@ def test_kill_9_during_fan_out_loses_nothing_and_duplicates_only_what_was_in_fli
     # accepted by the relay, not yet marked sent. They are at most that batch.
     assert duplicates == accepted - sent
     assert duplicates <= in_flight <= batch
+
+
+def test_sigterm_during_fan_out_finishes_the_batch_and_duplicates_nothing(
+        tmp_path: Path, database_url: str) -> None:
+    """A clean stop in the middle of a fan-out: the sender finishes the batch it has
+    claimed and records it, stops claiming more, and leaves no row in flight; the next
+    start sends the rest, and nobody gets the post twice."""
+    sink = RecordingSink().start()
+    config = write_config(tmp_path, database_url, archive={"search": False}, outbound={
+        "transport": "smtp", "host": "127.0.0.1", "port": sink.port})
+    app = open_app(config)
+    serve: Serve | None = None
+    try:
+        addresses = add_subscribers(app, "blog", SUBSCRIBERS)
+        serve = Serve(config)
+        post = make_mail("Sosialt entreprenørskap", "Status i Oslo kommune.", sender=AUTHOR)
+        mid = str(post["Message-ID"])
+        with smtplib.SMTP("127.0.0.1", serve.port) as client:
+            client.sendmail("ivar@example.no", [f"blog+post-{POST_SECRET}@lists.example.org"],
+                            post.as_bytes())
+        wait_for(lambda: sink.count() >= 2_000, 120, "2,000 mails at the relay")
+        stopping = time.monotonic()
+        serve.stop()                                   # SIGTERM; exit status 0
+        took = time.monotonic() - stopping
+        states = outbox_states(app)
+        at_stop = sink.settled()
+        assert states["sending"] == 0, states          # nothing left in flight
+        assert sum(1 for (_, m) in at_stop if m == mid) == states["sent"] < SUBSCRIBERS
+        serve = Serve(config)
+        wait_for(lambda: outbox_states(app)["sent"] == SUBSCRIBERS, 180,
+                 "the next start to finish the announcement")
+        serve.stop()
+    finally:
+        if serve is not None:
+            serve.ensure_dead()
+        sink.stop()
+        app.close()
+    got = Counter({rcpt: n for (rcpt, m), n in sink.snapshot().items() if m == mid})
+    print(f"\nSIGTERM stopped serve in {took:.1f}s with {states['sent']} of {SUBSCRIBERS} "
+          f"sent and none in flight; after the restart {len(got)} have it, "
+          f"{sum(got.values()) - len(got)} twice")
+    assert set(got) == set(addresses) and max(got.values()) == 1
