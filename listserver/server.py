@@ -156,12 +156,17 @@ class Server:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         closed: list[ListSMTP | ListLMTP] = []
+        await asyncio.sleep(0.05)  # connections accepted just before the close get a session
         while True:
-            busy = []
+            busy, seen = [], False
             for session in list(self._sessions):
+                if session.session is None:  # accepted, connection_made still to come
+                    seen = True
+                    continue
                 transport = session.transport
                 if transport is None or transport.is_closing():
                     continue
+                seen = True
                 envelope = session.envelope
                 if envelope is not None and envelope.mail_from is not None:
                     busy.append(session)     # between MAIL FROM and the reply to DATA
@@ -169,11 +174,12 @@ class Server:
                 transport.write(CLOSING)  # type: ignore[attr-defined]
                 transport.close()
                 closed.append(session)
-            if not busy:
+            if not seen:
                 break
             if loop.time() > deadline:
-                log.warning("%d SMTP transaction(s) still open after %.0fs; closing them",
-                            len(busy), grace)
+                if busy:
+                    log.warning("%d SMTP transaction(s) still open after %.0fs; closing "
+                                "them", len(busy), grace)
                 for session in busy:
                     session.transport.close()  # type: ignore[union-attr]
                 closed += busy
