@@ -121,9 +121,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("outbound", "max_retry_age", int, 5 * 24 * 3600,
             "Seconds a temporarily failing mail is retried before it counts as a bounce.",
             _positive),
+    Setting("outbound", "lease", int, 600,
+            "Seconds a mail being sent stays claimed by its sender; one in flight when its "
+            "sender died goes out again after this (keep it above the time a batch takes).",
+            _positive),
     Setting("outbound", "dkim_key_file", str, "",
             "PEM private key to DKIM-sign outgoing mail ('' disables signing)."),
     Setting("outbound", "dkim_selector", str, "listserver", "DKIM selector of that key."),
+    Setting("scheduler", "publish_interval", int, 30,
+            "Seconds between checks for scheduled posts and night announcements that are due.",
+            _positive),
+    Setting("scheduler", "takeover_interval", int, 10,
+            "Seconds between a standby scheduler's tries of the scheduler lock (how soon it "
+            "takes over from one that died).", _positive),
     Setting("archive", "directory", str, "archive", "Where the static HTML archive is written."),
     Setting("archive", "show_addresses", bool, False,
             "Show email addresses in the archive instead of obfuscating them."),
@@ -207,6 +217,7 @@ class Config:
     database: dict[str, Any]
     outbound: dict[str, Any]
     archive: dict[str, Any]
+    scheduler: dict[str, Any] = field(default_factory=dict)
     lists: dict[str, ListConfig] = field(default_factory=dict)
 
     @property
@@ -309,7 +320,7 @@ def _list(table: Any, index: int) -> ListConfig:
 
 def parse_config(data: dict[str, Any], path: Path | None = None,
                  root: Path | None = None) -> Config:
-    sections = ("site", "smtp", "http", "database", "outbound", "archive")
+    sections = ("site", "smtp", "http", "database", "outbound", "scheduler", "archive")
     for key in data:
         if key not in sections and key != "list":
             raise ConfigError(f"{key}: unknown section")

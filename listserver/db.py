@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,6 +27,7 @@ log = logging.getLogger("listserver.db")
 T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK_KEY = 0x6D696772  # "migr"; the scheduler's lock is "list"
 
 
 def make_engine(url: str) -> Engine:
@@ -141,6 +142,12 @@ class Database:
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                # Several processes starting at once on one database migrate one after the
+                # other (SQLite's write lock already does this): the lock is held until the
+                # transaction ends, and keyed by schema like the scheduler's.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k, "
+                                  "hashtext(current_schema()))"), {"k": MIGRATION_LOCK_KEY})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 

@@ -169,12 +169,17 @@ def _new_run(session: Session, lst: ListConfig, now: datetime, cutoff: datetime)
 
 
 def _due_subscribers(session: Session, list_name: str, cutoff: datetime,
-                     after_id: int) -> list[Subscription]:
-    return list(session.execute(select(Subscription).where(
+                     after_id: int, lock: bool = False) -> list[Subscription]:
+    """Digest subscribers whose watermark is before ``cutoff``. With ``lock`` (a run) the
+    rows are locked: a second run at the same time (``digest --now`` during the scheduled
+    one) waits for the first to commit and then sees the moved watermarks, instead of
+    sending the same items again."""
+    query = select(Subscription).where(
         Subscription.list_name == list_name, Subscription.state == "active",
         Subscription.mode == "digest", Subscription.id > after_id,
-        (Subscription.digest_since.is_(None)) | (Subscription.digest_since < cutoff))
-        .order_by(Subscription.id).limit(CHUNK)).scalars())
+        (Subscription.digest_since.is_(None)) | (Subscription.digest_since < cutoff)
+    ).order_by(Subscription.id).limit(CHUNK)
+    return list(session.execute(query.with_for_update() if lock else query).scalars())
 
 
 def run_digest(app: App, list_name: str) -> int:
@@ -186,7 +191,7 @@ def run_digest(app: App, list_name: str) -> int:
     sent, after = 0, 0
     while True:
         with app.db.transaction() as session:
-            subs = _due_subscribers(session, lst.name, cutoff, after)
+            subs = _due_subscribers(session, lst.name, cutoff, after, lock=True)
             if not subs:
                 break
             run = session.get(DigestRun, run_id) if run_id else None

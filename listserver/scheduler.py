@@ -9,7 +9,7 @@ run missed during downtime happen once at start, not once per missed period.
 One scheduler runs at a time, however many ``serve`` processes share the database: the one
 that holds the scheduler lock (a PostgreSQL advisory lock held by an open connection, or a
 file lock next to the SQLite file). When its process dies, the lock goes with it and another
-process takes over within ``TAKEOVER_SECONDS``.
+process takes over within ``scheduler.takeover_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -32,18 +32,18 @@ from .db import make_engine
 
 if TYPE_CHECKING:
     from .app import App
-    from .config import ListConfig
+    from .config import Config, ListConfig
 
 log = logging.getLogger("listserver.scheduler")
 
-TAKEOVER_SECONDS = 10.0
 ADVISORY_KEY = 0x6C697374  # "list"
 
-# (job name, trigger). The functions live in ``jobs`` under the same name.
-JOBS: list[tuple[str, Callable[[], Any]]] = [
-    ("publish_due", lambda: IntervalTrigger(seconds=30)),
-    ("expire_tokens", lambda: IntervalTrigger(hours=1)),
-    ("expire_held", lambda: IntervalTrigger(hours=1)),
+# (job name, trigger from the config). The functions live in ``jobs`` under the same name.
+JOBS: list[tuple[str, Callable[[Config], Any]]] = [
+    ("publish_due", lambda config: IntervalTrigger(
+        seconds=int(config.scheduler["publish_interval"]))),
+    ("expire_tokens", lambda config: IntervalTrigger(hours=1)),
+    ("expire_held", lambda config: IntervalTrigger(hours=1)),
 ]
 
 
@@ -99,7 +99,7 @@ class SchedulerLock:
 def wanted_jobs(app: App) -> list[tuple[str, str, Any, list[str]]]:
     """(id, function reference, trigger, args) of every job this configuration wants."""
     out: list[tuple[str, str, Any, list[str]]] = [
-        (name, f"listserver.jobs:{name}", trigger(), []) for name, trigger in JOBS]
+        (name, f"listserver.jobs:{name}", trigger(app.config), []) for name, trigger in JOBS]
     for lst in app.config.lists.values():
         for job_id, name, trigger in list_jobs(lst):
             out.append((job_id, "listserver.jobs:run_per_list", trigger, [name, lst.name]))
@@ -139,12 +139,13 @@ def start(app: App, paused: bool = False) -> AsyncIOScheduler:
 async def run(app: App, stop: asyncio.Event) -> None:
     """Wait for the scheduler lock, then run the scheduler until ``stop``."""
     lock = SchedulerLock(app)
+    takeover = float(app.config.scheduler["takeover_interval"])
     try:
         while not stop.is_set():
             if lock.try_acquire():  # one quick query; not worth a thread it could outlive
                 break
             try:
-                await asyncio.wait_for(stop.wait(), TAKEOVER_SECONDS)
+                await asyncio.wait_for(stop.wait(), takeover)
             except asyncio.TimeoutError:
                 pass
         if stop.is_set():

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("listserver.outbound")
 
-LEASE = timedelta(minutes=10)
 FIRST_RETRY = 60.0          # seconds; doubles on each attempt
 MAX_RETRY_INTERVAL = 3600.0 * 4
 
@@ -101,6 +100,7 @@ class Sender:
         self.app = app
         self.transport = transport or make_transport(app)
         self.batch = 500
+        self.lease = timedelta(seconds=int(app.config.outbound["lease"]))
         self.sign = make_signer(app)  # None: not signing
 
     def _claim(self) -> list[Claimed]:
@@ -152,7 +152,7 @@ class Sender:
                                    row.subscription_id))
             for chunk in _chunks([c.id for c in out]):
                 session.execute(update(Outbox).where(_one_of(session, Outbox.id, chunk)).values(
-                    state="sending", next_attempt_at=now + LEASE))
+                    state="sending", next_attempt_at=now + self.lease))
             for chunk in _chunks(cancelled):
                 session.execute(update(Outbox).where(_one_of(session, Outbox.id, chunk)).values(
                     state="cancelled", last_error="nothing to send (subscription ended, or "
@@ -225,20 +225,23 @@ class Sender:
         finally:
             await self.transport.close()
 
-    async def drain_once(self) -> int:
-        """Send everything due now; return how many rows were tried.
+    async def drain_once(self, stop: asyncio.Event | None = None) -> int:
+        """Send everything due now (or until ``stop``: the batch in hand is finished and
+        recorded first, so a clean stop leaves nothing in flight); return how many rows
+        were tried.
 
         Claim, send and record run one after the other: overlapping the claim (Python code
         on a thread) with the sending made both slower, the two threads fighting over the
         GIL."""
         total = 0
-        while True:
+        while stop is None or not stop.is_set():
             claimed = await asyncio.to_thread(self._claim)
             if not claimed:
                 return total
             results = await self._send_all(claimed)
             await asyncio.to_thread(self._record, results)
             total += len(claimed)
+        return total
 
     @staticmethod
     def _outcome(item: Claimed, error: BaseException | None) -> tuple[Claimed, str, str]:
@@ -273,7 +276,9 @@ class Sender:
         while not stop.is_set():
             wake.clear()
             try:
-                await self.drain_once()
+                tried = await self.drain_once(stop)
+                if tried:
+                    log.info("outbox: %d mail(s) tried", tried)
             except Exception:
                 log.exception("outbox drain failed; trying again shortly")
                 await asyncio.sleep(1)

@@ -2,8 +2,9 @@
 process and one asyncio loop.
 
 ``Server.start()`` binds everything and returns; ``Server.stop()`` stops taking new
-connections, lets SMTP transactions in progress finish, then stops the workers. Queues are
-rows in the database, so nothing is lost at a stop, clean or not.
+connections, closes idle SMTP sessions with ``421``, lets the transactions in progress
+finish (each gets its ``250``, then ``421``), then stops the workers. Queues are rows in the
+database, so nothing is lost at a stop, clean or not.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -26,6 +28,7 @@ from . import scheduler, worker
 log = logging.getLogger("listserver")
 
 ROLES = ("receive", "process", "send", "schedule", "http")
+CLOSING = b"421 4.3.2 Service shutting down\r\n"
 
 
 class Server:
@@ -44,6 +47,8 @@ class Server:
         self.http_port = 0
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._sessions: weakref.WeakSet[ListSMTP | ListLMTP] = weakref.WeakSet()
+        self._handlers: list[Handler] = []
         self.web: WebServer | None = None
         self.committer: GroupCommitter | None = None
         self.extra_tasks: list[Callable[[App, asyncio.Event], Any]] = list(app.tasks)
@@ -58,16 +63,20 @@ class Server:
             self.committer = GroupCommitter(app.db, config.domain, app.wake_worker)
             limit = int(config.smtp["max_message_size"])
             handler = Handler(config, self.committer)
+            self._handlers.append(handler)
             smtp = await loop.create_server(
-                lambda: ListSMTP(handler, data_size_limit=limit, hostname=config.domain,
-                                 ident="listserver"), **self._where("smtp", "port"))
+                lambda: self._session(ListSMTP(handler, data_size_limit=limit,
+                                               hostname=config.domain, ident="listserver")),
+                **self._where("smtp", "port"))
             self._servers.append(smtp)
             self.smtp_port = smtp.sockets[0].getsockname()[1]
             if int(config.smtp["lmtp_port"]) >= 0:
                 lmtp_handler = Handler(config, self.committer, lmtp=True)
+                self._handlers.append(lmtp_handler)
                 lmtp = await loop.create_server(
-                    lambda: ListLMTP(lmtp_handler, data_size_limit=limit,
-                                     hostname=config.domain, ident="listserver"),
+                    lambda: self._session(ListLMTP(lmtp_handler, data_size_limit=limit,
+                                                   hostname=config.domain,
+                                                   ident="listserver")),
                     **self._where("lmtp", "lmtp_port"))
                 self._servers.append(lmtp)
                 self.lmtp_port = lmtp.sockets[0].getsockname()[1]
@@ -88,10 +97,22 @@ class Server:
         for factory in (self.extra_tasks if "process" in self.roles else []):
             self._tasks.append(loop.create_task(factory(app, self.stop_event)))  # type: ignore
         if self.announce:
-            log.info("listserver serving: smtp %s:%s lmtp %s http %s:%s, lists %s",
-                     config.smtp["host"], self.ports.get("smtp", self.smtp_port),
-                     self.ports.get("lmtp", self.lmtp_port) or "off", config.http["host"],
-                     self.http_port, ", ".join(config.lists) or "(none)")
+            # Receivers forked by the supervisor listen on ``ports`` for this process.
+            roles = [r for r in ROLES if r in self.roles or (r == "receive" and self.ports)]
+            where = []
+            if "receive" in roles:
+                where.append(f"smtp {config.smtp['host']}:"
+                             f"{self.ports.get('smtp', self.smtp_port)} lmtp "
+                             f"{self.ports.get('lmtp', self.lmtp_port) or 'off'}")
+            if "http" in roles:
+                where.append(f"http {config.http['host']}:{self.http_port}")
+            log.info("listserver serving: %s; roles %s; lists %s",
+                     " ".join(where) or "no ports", " ".join(roles) or "(none)",
+                     ", ".join(config.lists) or "(none)")
+
+    def _session(self, protocol: ListSMTP | ListLMTP) -> ListSMTP | ListLMTP:
+        self._sessions.add(protocol)
+        return protocol
 
     def _poked(self) -> None:
         assert self.wake_fd is not None
@@ -110,11 +131,9 @@ class Server:
     async def stop(self, grace: float = 10.0) -> None:
         for srv in self._servers:
             srv.close()
-        for srv in self._servers:
-            try:
-                await asyncio.wait_for(srv.wait_closed(), timeout=grace)
-            except asyncio.TimeoutError:
-                log.warning("SMTP sessions still open after %.0fs; closing them", grace)
+        for handler in self._handlers:
+            handler.closing = True
+        await self._end_sessions(grace)
         self.stop_event.set()
         self.app.wake_worker()
         self.app.wake_sender()
@@ -126,6 +145,49 @@ class Server:
             await asyncio.to_thread(self.web.stop)
         if self.committer is not None:
             self.committer.close()
+
+    async def _end_sessions(self, grace: float) -> None:
+        """Close idle SMTP/LMTP sessions now, and the others once their transaction is done
+        (at most ``grace`` seconds); a new transaction meanwhile gets ``421``.
+
+        ``asyncio.Server.wait_closed`` does not wait for connections before Python 3.12, so
+        a transaction in progress used to be cut off, and a client that caches connections
+        (Postfix) would keep one open for ever."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        closed: list[ListSMTP | ListLMTP] = []
+        await asyncio.sleep(0.05)  # connections accepted just before the close get a session
+        while True:
+            busy, seen = [], False
+            for session in list(self._sessions):
+                if session.session is None:  # accepted, connection_made still to come
+                    seen = True
+                    continue
+                transport = session.transport
+                if transport is None or transport.is_closing():
+                    continue
+                seen = True
+                envelope = session.envelope
+                if envelope is not None and envelope.mail_from is not None:
+                    busy.append(session)     # between MAIL FROM and the reply to DATA
+                    continue
+                transport.write(CLOSING)  # type: ignore[attr-defined]
+                transport.close()
+                closed.append(session)
+            if not seen:
+                break
+            if loop.time() > deadline:
+                if busy:
+                    log.warning("%d SMTP transaction(s) still open after %.0fs; closing "
+                                "them", len(busy), grace)
+                for session in busy:
+                    session.transport.close()  # type: ignore[union-attr]
+                closed += busy
+                break
+            await asyncio.sleep(0.05)
+        handlers = [t for t in (getattr(s, "_handler_coroutine", None) for s in closed) if t]
+        if handlers:  # let the session tasks see their connection go
+            await asyncio.wait(handlers, timeout=1)
 
     async def run_forever(self) -> None:
         await self.start()

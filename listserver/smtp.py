@@ -110,6 +110,15 @@ class Handler:
         self.committer = committer
         self.lmtp = lmtp
         self.source = "lmtp" if lmtp else "smtp"
+        self.closing = False    # set by Server.stop: no new transactions
+
+    async def handle_MAIL(self, server: SMTP, session: SMTPSession, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if self.closing:
+            return "421 4.3.2 Service shutting down, try again later"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server: SMTP, session: SMTPSession, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:

@@ -3,16 +3,12 @@ that was answered 250, and the restarted server finishes the work."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
+import random
 import smtplib
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
+import pytest
 import tomllib
 from sqlalchemy import func, select
 
@@ -20,59 +16,8 @@ from listserver.app import App
 from listserver.config import parse_config
 from listserver.models import Comment, Message
 
-from conftest import POST_SECRET, config_dict, make_mail, wait_for
-
-
-def write_config(tmp_path: Path, database_url: str) -> Path:
-    data = config_dict(database_url)
-    lines = []
-    for section in ("site", "smtp", "http", "database", "outbound", "archive"):
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {v!r}".replace("'", '"') for k, v in data[section].items()]
-    lines.append("[[list]]")
-    for k, v in data["list"][0].items():
-        lines.append(f"{k} = " + (str(v).replace("'", '"') if isinstance(v, list)
-                                  else f'"{v}"'))
-    path = tmp_path / "config.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tomllib.loads(path.read_text())  # it must be valid TOML
-    return path
-
-
-class Serve:
-    def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "listserver.cli", "--config", str(config), "serve"],
-            stderr=subprocess.PIPE, text=True)
-        self.port = 0
-        deadline = time.monotonic() + 60
-        assert self.proc.stderr is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            match = re.search(r"smtp 127\.0\.0\.1:(\d+)", line)
-            if match:
-                self.port = int(match.group(1))
-                break
-        assert self.port, "serve did not start"
-        self.log: list[str] = []
-        self.pump = threading.Thread(target=self._drain, daemon=True)
-        self.pump.start()
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        with self.proc.stderr:
-            for line in self.proc.stderr:
-                self.log.append(line)
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self.pump.join(10)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(30) == 0, "".join(self.log[-20:])
-        self.pump.join(10)
+from conftest import POST_SECRET, make_mail, wait_for
+from servekit import Serve, open_app, write_config
 
 
 def test_kill_9_during_load_loses_nothing_acknowledged(tmp_path: Path,
@@ -138,5 +83,103 @@ def test_kill_9_during_load_loses_nothing_acknowledged(tmp_path: Path,
         assert set(at_kill) <= set(comments)
         numbers = app.db.call(lambda s: sorted(s.execute(select(Comment.number)).scalars()))
         assert numbers == list(range(1, len(numbers) + 1))  # numbering has no gaps
+    finally:
+        app.close()
+
+
+@pytest.mark.slow
+def test_kill_9_at_several_points_every_acknowledged_message_processed_once(
+        tmp_path: Path, database_url: str) -> None:
+    """Three ``kill -9`` at random (seeded) points of an SMTP load. After each: everything
+    answered 250 is stored; the restarted server first finishes the backlog the dead one
+    left queued; the clients then deliver again what they got no 250 for, as MTAs do.
+    At the end every message is stored once and published as exactly one comment."""
+    rng = random.Random(20180309)
+    config_path = write_config(tmp_path, database_url)
+    app = open_app(config_path)
+    parent = make_mail("Innlegg", "Kommenter!", sender="Ivar <ivar@example.no>")
+    total, clients, kills = 300, 4, 3
+    mails = {i: make_mail("Re: Innlegg", f"Kommentar {i}\n" + "tekst " * 200,
+                          sender=f"Leser {i} <leser{i}@example.net>",
+                          message_id=f"<multi-{i}@example.net>",
+                          in_reply_to=parent["Message-ID"]).as_bytes() for i in range(total)}
+    acked: set[int] = set()
+    lock = threading.Lock()
+
+    def load(port: int, todo: list[int]) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                while True:
+                    with lock:
+                        if not todo:
+                            return
+                        i = todo.pop(0)
+                    client.sendmail(f"leser{i}@example.net", ["blog@lists.example.org"],
+                                    mails[i])
+                    with lock:
+                        acked.add(i)
+        except (smtplib.SMTPException, OSError):
+            return  # the server died under us: no 250, so the client keeps it for later
+
+    def run_load(port: int, until: int) -> list[threading.Thread]:
+        todo = [i for i in range(total) if i not in acked]
+        threads = [threading.Thread(target=load, args=(port, todo)) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(acked) >= until or not any(t.is_alive() for t in threads), 120,
+                 f"{until} acknowledged messages")
+        return threads
+
+    def stored() -> dict[str, str]:
+        return dict(app.db.call(lambda s: s.execute(select(
+            Message.message_id, Message.state)).all()))
+
+    report = []
+    serve = Serve(config_path)
+    try:
+        with smtplib.SMTP("127.0.0.1", serve.port) as client:
+            client.sendmail("ivar@example.no",
+                            [f"blog+post-{POST_SECRET}@lists.example.org"], parent.as_bytes())
+        for kill in range(kills):
+            target = len(acked) + rng.randint(40, 90)
+            threads = run_load(serve.port, target)
+            serve.kill()
+            for t in threads:
+                t.join(30)
+            rows = stored()
+            lost = [i for i in acked if f"<multi-{i}@example.net>" not in rows]
+            assert lost == [], f"kill {kill}: {len(lost)} acknowledged messages lost"
+            backlog = [mid for mid, state in rows.items() if state == "queued"]
+            unacked_stored = sum(1 for i in range(total) if i not in acked
+                                 and f"<multi-{i}@example.net>" in rows)
+            serve = Serve(config_path)
+            # The restarted worker resumes what the dead one left queued, unprompted.
+            wait_for(lambda: all(stored()[mid] != "queued" for mid in backlog), 120,
+                     "the restarted worker to finish the backlog")
+            report.append(f"kill {kill + 1}: {len(acked)} acknowledged, {len(backlog)} "
+                          f"queued (resumed after restart), {unacked_stored} stored "
+                          "without a 250 (delivered again below)")
+        threads = run_load(serve.port, total)
+        for t in threads:
+            t.join(60)
+        assert len(acked) == total
+        wait_for(lambda: "queued" not in stored().values(), 120, "processing to finish")
+        serve.stop()
+    finally:
+        serve.ensure_dead()
+    print("\n" + "\n".join(report))
+    try:
+        rows = app.db.call(lambda s: s.execute(select(
+            Message.message_id, Message.state, Message.outcome)).all())
+        by_id: dict[str, list[tuple[str, str | None]]] = {}
+        for mid, state, outcome in rows:
+            by_id.setdefault(mid, []).append((state, outcome))
+        for i in range(total):
+            mid = f"<multi-{i}@example.net>"
+            assert by_id[mid] == [("done", "comment")], (mid, by_id[mid])  # stored once
+        comments = app.db.call(lambda s: s.execute(select(Comment.message_id)).scalars().all())
+        assert len(comments) == total == len(set(comments))              # published once
+        numbers = app.db.call(lambda s: sorted(s.execute(select(Comment.number)).scalars()))
+        assert numbers == list(range(1, total + 1))
     finally:
         app.close()

@@ -135,6 +135,43 @@ def test_interrupted_run_sends_nobody_a_duplicate(clocked, monkeypatch) -> None:
     assert all(len(m) == 1 for m in mails.values())
 
 
+def test_concurrent_digest_runs_send_no_duplicate(clocked, monkeypatch) -> None:  # type: ignore
+    """``listserver digest --now`` while the scheduler's run is half-way (or two schedulers
+    in a takeover): the second run must not send what the first is sending."""
+    import threading
+
+    server, clock = clocked
+    app = server.app
+    for i in range(4):
+        subscribe(app, f"s{i}@example.net")
+    clock.now += timedelta(minutes=1)
+    post_and_comments(server, "Innlegg", "En kommentar")
+    clock.now += timedelta(hours=1)
+    real_queue = digest_module._queue
+    inside, go = threading.Event(), threading.Event()
+
+    def first_run_pauses(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "first" and not inside.is_set():
+            inside.set()                    # mid-transaction: watermarks moved, not committed
+            assert go.wait(30)
+        return real_queue(*args, **kwargs)
+    monkeypatch.setattr(digest_module, "_queue", first_run_pauses)
+    counts: dict[str, int] = {}
+    runs = [threading.Thread(target=lambda n=n: counts.__setitem__(n, run_digest(app, "blog")),
+                             name=n) for n in ("first", "second")]
+    runs[0].start()
+    assert inside.wait(30)
+    runs[1].start()
+    runs[1].join(1)                         # it runs, or waits for the first one's rows
+    go.set()
+    for t in runs:
+        t.join(30)
+    assert counts["first"] + counts["second"] == 4
+    mails = digests(app)
+    assert sorted(mails) == [f"s{i}@example.net" for i in range(4)]
+    assert all(len(m) == 1 for m in mails.values()), {k: len(v) for k, v in mails.items()}
+
+
 def test_replying_to_a_digest_item_threads_under_it(clocked) -> None:  # type: ignore
     server, clock = clocked
     app = server.app

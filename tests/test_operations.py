@@ -6,6 +6,7 @@ import json
 import signal
 import smtplib
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from listserver.config import load_config
 from listserver.models import Message
 
 from conftest import RunningServer, make_mail, wait_for
-from test_crash import Serve, write_config
+from servekit import Serve, write_config
 
 
 def test_health_endpoint_reports_queues(server: RunningServer) -> None:
@@ -70,5 +71,44 @@ def test_sigterm_finishes_sessions_and_exits_cleanly(tmp_path: Path, database_ur
         except OSError:
             refused = True
         assert refused
+    finally:
+        app.close()
+
+
+def test_sigterm_lets_a_transaction_in_progress_finish(tmp_path: Path,
+                                                       database_url: str) -> None:
+    """SIGTERM arrives while a client is half-way through DATA: the client still gets its
+    250 (and the message is stored), then 421 for a new transaction; new connections are
+    refused; serve exits 0."""
+    config = write_config(tmp_path, database_url)
+    serve = Serve(config)
+    msg = make_mail("Hei", "Midt i DATA.\n" + "tekst " * 2000, sender="leser@example.net")
+    raw = msg.as_bytes().replace(b"\n", b"\r\n")
+    try:
+        client = smtplib.SMTP("127.0.0.1", serve.port, timeout=30)
+        client.ehlo()
+        assert client.mail("leser@example.net")[0] == 250
+        assert client.rcpt("blog@lists.example.org")[0] == 250
+        client.putcmd("data")
+        assert client.getreply()[0] == 354
+        client.send(raw[:len(raw) // 2])
+        serve.proc.send_signal(signal.SIGTERM)
+        time.sleep(1)                                  # the server is stopping now
+        client.send(raw[len(raw) // 2:] + b"\r\n.\r\n")
+        code, _ = client.getreply()
+        assert code == 250                            # the transaction finished
+        try:
+            again = client.mail("leser@example.net")[0]
+        except smtplib.SMTPServerDisconnected:
+            again = 421
+        assert again == 421                           # no new transaction
+        client.close()
+        assert serve.proc.wait(30) == 0, "".join(serve.log[-20:])
+    finally:
+        serve.ensure_dead()
+    app = App(load_config(config))
+    try:
+        stored = app.db.call(lambda s: s.execute(select(Message.message_id)).scalars().all())
+        assert stored == [msg["Message-ID"]]
     finally:
         app.close()

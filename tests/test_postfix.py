@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
+from sqlalchemy import select
 
 from listserver.config import parse_config
 
@@ -53,8 +54,11 @@ def sink() -> Iterator[tuple[Sink, int]]:
     controller.stop()
 
 
-def start_postfix(root: Path, smtp_port: int, lmtp_port: int, relay_port: int
+def start_postfix(root: Path, smtp_port: int, lmtp_port: int | list[int], relay_port: int
                   ) -> subprocess.Popen[bytes]:
+    """Postfix on ``smtp_port`` handing the list domain to listserver's LMTP port (or to a
+    list of them: Postfix 3.5+ tries the next one when one is down)."""
+    ports = lmtp_port if isinstance(lmtp_port, list) else [lmtp_port]
     etc = root / "etc"
     etc.mkdir(parents=True)
     for name in ("master.cf", "dynamicmaps.cf"):
@@ -70,6 +74,10 @@ inet_protocols = ipv4
 myhostname = mx.test
 mydestination =
 mynetworks = 127.0.0.0/8
+# Retry deferred mail within seconds, not minutes (a listserver stopping answers 421).
+queue_run_delay = 1s
+minimal_backoff_time = 1s
+maximal_backoff_time = 2s
 maillog_file = /dev/stdout
 # The README's example: mail for the list domain goes to listserver's LMTP port,
 relay_domains = lists.example.org
@@ -77,7 +85,8 @@ transport_maps = texthash:{etc}/transport
 # and everything listserver sends out goes on to the next hop.
 relayhost = [127.0.0.1]:{relay_port}
 """)
-    (etc / "transport").write_text(f"lists.example.org lmtp:inet:127.0.0.1:{lmtp_port}\n")
+    nexthops = "inet:" + ", ".join(f"[127.0.0.1]:{port}" for port in ports)
+    (etc / "transport").write_text(f"lists.example.org lmtp:{nexthops}\n")
     master = (etc / "master.cf").read_text().splitlines()
     master = [f"127.0.0.1:{smtp_port} inet n - n - - smtpd" if line.startswith("smtp ")
               and " inet " in line else line for line in master]
@@ -167,3 +176,44 @@ def test_postfix_in_front_and_as_relay(tmp_path: Path, database_url: str, make_a
         finally:
             log = stop_postfix(proc, postfix_root / "postfix")
     assert "status=sent" in log
+
+
+def test_postfix_in_front_of_two_listservers_fails_over(
+        tmp_path: Path, database_url: str, make_app, sink: tuple[Sink, int],
+        postfix_root: Path) -> None:
+    """Two listservers on one database behind Postfix (``lmtp:inet:A, inet:B``): one only
+    receives; when it goes away, Postfix delivers to the other; nothing is lost or doubled."""
+    from listserver.models import Comment
+
+    _, relay_port = sink
+    postfix_port = free_port()
+    config = parse_config(config_dict(database_url), root=tmp_path)
+    post = make_mail("To mottakere", "Et innlegg.", sender="Ivar <ivar@example.no>")
+    replies = [make_mail("Re: To mottakere", f"Kommentar {i}.", sender=f"l{i}@example.net",
+                         in_reply_to=post["Message-ID"]) for i in range(20)]
+    with RunningServer(make_app(config)) as full:
+        receiver = RunningServer(make_app(config), roles=("receive",)).__enter__()
+        proc = start_postfix(postfix_root / "postfix", postfix_port,
+                             [receiver.lmtp_port, full.lmtp_port], relay_port)
+        try:
+            with smtplib.SMTP("127.0.0.1", postfix_port) as client:
+                client.sendmail("ivar@example.no",
+                                [f"blog+post-{POST_SECRET}@lists.example.org"],
+                                post.as_bytes())
+            wait_for(lambda: full.export()["posts"], 60, "the post through Postfix")
+            with smtplib.SMTP("127.0.0.1", postfix_port) as client:
+                for i, reply in enumerate(replies):
+                    if i == 10:
+                        receiver.__exit__(None, None, None)   # the first one goes away
+                    client.sendmail(f"l{i}@example.net", ["blog@lists.example.org"],
+                                    reply.as_bytes())
+            wait_for(lambda: len(full.export()["posts"][0]["comments"]) == 20, 60,
+                     "every comment, through the listserver that is left")
+            full.idle()
+        finally:
+            log = stop_postfix(proc, postfix_root / "postfix")
+            if receiver.thread.is_alive():
+                receiver.__exit__(None, None, None)
+    comments = full.app.db.call(lambda s: s.execute(select(Comment.message_id)).scalars().all())
+    assert sorted(comments) == sorted(r["Message-ID"] for r in replies)
+    assert f"relay=127.0.0.1[127.0.0.1]:{full.lmtp_port}" in log
