@@ -19,6 +19,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+# Children import this checkout's listserver, whatever the current directory or the
+# virtualenv's installed copy.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 LISTSERVER = [PYTHON, "-m", "listserver.cli"]
 
 

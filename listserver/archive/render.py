@@ -40,7 +40,7 @@ from ..mbox import write_message
 from ..models import Comment, Message, Post
 from .feeds import Feed, FeedEntry, json_feed
 from .files import ArchiveFiles
-from .views import Node, Privacy, reply_mailto, text_html, thread
+from .views import Node, Privacy, reply_mailto, text_html, thread, walk
 
 if TYPE_CHECKING:
     from ..app import App
@@ -61,6 +61,17 @@ class Entry:
     author: str
     comments: int
     excerpt: str
+
+
+class CommentView:
+    """What a post page shows of one comment, made in Python: the template only prints it."""
+
+    __slots__ = ("author", "iso", "short", "body", "quoted", "signature", "mailto",
+                 "permalink")
+
+    def __init__(self, **values: Any) -> None:
+        for key, value in values.items():
+            setattr(self, key, value)
 
 
 @dataclass
@@ -112,13 +123,23 @@ class ListRenderer:
         self.max_depth = int(self.config.archive["max_depth"])
         self.search = bool(self.config.archive["search"])
         self.name = lst.name
+        self.list_url = urls.list_url(self.config, self.name)
+        # Templates chosen for the current render (list override or site or built-in);
+        # emptied when a render starts, so an edited template counts from the next one.
+        self._templates: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ templates
+    def template(self, name: str) -> Any:
+        tmpl = self._templates.get(name)
+        if tmpl is None:
+            tmpl = self._templates[name] = self.env.select_template(
+                [f"archive/{self.name}/{name}", f"archive/{name}"])
+        return tmpl
+
     def render(self, template: str, root: str, **values: Any) -> str:
-        tmpl = self.env.select_template([f"archive/{self.name}/{template}",
-                                         f"archive/{template}"])
-        return tmpl.render(lst=self.lst, root=root, dates=self.dates, search=self.search,
-                           list_url=urls.list_url(self.config, self.name), **values)
+        return self.template(template).render(  # type: ignore[no-any-return]
+            lst=self.lst, root=root, dates=self.dates, search=self.search,
+            list_url=self.list_url, **values)
 
     def write(self, relative: str, data: str | bytes) -> None:
         self.files.write(f"{self.name}/{relative}", data)
@@ -182,16 +203,40 @@ class ListRenderer:
             to = list_address(config, self.name, "reply", c.thread_token)
             return reply_mailto(to, c.message_id, subject)
 
+        # Each comment's body and author, made once for the page and the feeds.
+        bodies: dict[int, Markup] = {}
+        authors: dict[int, str] = {}
+
+        def comment_body(c: Comment) -> Markup:
+            body = bodies.get(c.id)
+            if body is None:
+                body = bodies[c.id] = self.comment_body(c)
+            return body
+
+        def author_of(c: Comment) -> str:
+            name = authors.get(c.id)
+            if name is None:
+                name = authors[c.id] = self.privacy.author(c.author_name, c.author_address)
+            return name
+
         nodes: list[Node] = thread(t.comments, self.max_depth)
+        privacy, dates = self.privacy, self.dates
+        for node in walk(nodes):
+            c = node.comment
+            node.view = CommentView(
+                author=author_of(c), iso=dates.iso(c.date), short=dates.short(c.date),
+                body=comment_body(c),
+                quoted=text_html(privacy.text(c.quoted)) if c.quoted else "",
+                signature=text_html(privacy.text(c.signature)) if c.signature else "",
+                mailto=mailto(c), permalink=msgid_href("../", c.message_id))
         page = self.render(
             "post.html", "../", post=post, nodes=nodes, body=self.post_body(post),
             author=self.privacy.author(post.author_name, post.author_address),
-            comment_body=self.comment_body, text_html=text_html, privacy=self.privacy,
-            author_of=lambda c: self.privacy.author(c.author_name, c.author_address),
-            mailto=mailto, msgid_href=lambda mid: msgid_href("../", mid),
+            comment_body=comment_body, text_html=text_html, privacy=self.privacy,
+            author_of=author_of, mailto=mailto, msgid_href=lambda mid: msgid_href("../", mid),
             url=urls.post_url(config, self.name, post.slug))
         self.write(f"posts/{post.slug}.html", page)
-        self.render_comment_feeds(t)
+        self.render_comment_feeds(t, comment_body, author_of)
         mbox = bytearray()
         for pk, message_id, number in [(post.message_pk, post.message_id, None),
                                        *((c.message_pk, c.message_id, c.number)
@@ -219,16 +264,18 @@ class ListRenderer:
         write_message(buf, raw.raw, raw.sender, raw.received)
         return buf.getvalue()
 
-    def render_comment_feeds(self, t: Thread) -> None:
+    def render_comment_feeds(self, t: Thread, body: Any = None, author: Any = None) -> None:
         post, config = t.post, self.config
+        body = body or self.comment_body
+        author = author or (lambda c: self.privacy.author(c.author_name, c.author_address))
         newest = sorted(t.comments, key=lambda c: c.number, reverse=True)[:COMMENTS_IN_FEED]
-        entries = [FeedEntry(
-            id=urls.comment_url(config, self.name, post.slug, c.number),
-            url=urls.comment_url(config, self.name, post.slug, c.number),
-            title=f"#{c.number} {self.privacy.author(c.author_name, c.author_address)}",
-            published=c.date, author=self.privacy.author(c.author_name, c.author_address),
-            email=c.author_address if self.privacy.show else "",
-            content=str(self.comment_body(c))) for c in newest]
+        entries = []
+        for c in newest:
+            url = urls.comment_url(config, self.name, post.slug, c.number)
+            entries.append(FeedEntry(
+                id=url, url=url, title=f"#{c.number} {author(c)}", published=c.date,
+                author=author(c), email=c.author_address if self.privacy.show else "",
+                content=str(body(c))))
         updated = max([post.date, *(c.date for c in newest)])
         feed = Feed(
             id=urls.comments_feed_url(config, self.name, post.slug), title=post.title,
@@ -323,6 +370,7 @@ class ListRenderer:
 
     def render_all(self) -> int:
         """Every file of the list, streaming the posts oldest first. Returns the post count."""
+        self._templates.clear()
         self.render_static()
         total = 0
         bucket: list[Post] = []
@@ -370,6 +418,7 @@ class ListRenderer:
         changed_ids, new_ids = set(changed) | set(new), set(new)
         if not changed_ids:
             return {}
+        self._templates.clear()
         data = self.app.db.call(self._read_changed, changed_ids, new_ids)
         threads, total, pages, months, newest, counts = data
         for t in threads:
