@@ -115,8 +115,11 @@ class Archive:
             self.search_dirty.add(list_name)
         return done
 
-    def render_full(self, lists: list[str] | None = None) -> int:
-        """Rebuild every file of the given lists (default: all); returns the post count."""
+    def render_full(self, lists: list[str] | None = None, workers: int = 1) -> int:
+        """Rebuild every file of the given lists (default: all); returns the post count.
+
+        ``workers`` > 1 renders in that many forked processes: only from a process that
+        runs no other threads (``listserver render --full``), never from ``serve``."""
         started = utcnow()
         total = 0
         for name in lists or list(self.app.config.lists):
@@ -124,7 +127,7 @@ class Archive:
             if renderer is None:
                 continue
             began = time.monotonic()
-            count = renderer.render_all()
+            count = renderer.render_all(workers)
             log.info("rendered %s: %d posts in %.2fs", name, count, time.monotonic() - began)
             total += count
             self.search_dirty.add(name)

@@ -49,6 +49,7 @@ log = logging.getLogger("listserver.archive")
 
 CHUNK = 100             # posts per read transaction in a full render
 COMMENTS_IN_FEED = 50   # newest comments in a post's comments feed
+STAND_IN = 918273645    # a comment number no real page shows (see _message_pages)
 
 
 @dataclass
@@ -238,6 +239,7 @@ class ListRenderer:
         self.write(f"posts/{post.slug}.html", page)
         self.render_comment_feeds(t, comment_body, author_of)
         mbox = bytearray()
+        page_of = self._message_pages(post)
         for pk, message_id, number in [(post.message_pk, post.message_id, None),
                                        *((c.message_pk, c.message_id, c.number)
                                          for c in t.comments)]:
@@ -247,15 +249,43 @@ class ListRenderer:
             folder = urls.msgid_segment(message_id)
             if not all_messages and self.files.exists(f"{self.name}/msgid/{folder}/index.html"):
                 continue
-            target = f"../../posts/{post.slug}.html" + (f"#c{number}" if number else "")
-            self.write(f"msgid/{folder}/index.html", self.render(
-                "message.html", "../../", target=target, title=post.title, number=number,
-                has_raw=raw is not None,
-                url=urls.post_url(config, self.name, post.slug) +
-                (f"#c{number}" if number else "")))
+            self.write(f"msgid/{folder}/index.html", page_of(number, raw is not None))
             if raw is not None:
                 self.write(f"msgid/{folder}/raw.txt", raw.raw)
         self.write(f"posts/{post.slug}.mbox", bytes(mbox))
+
+    def _message_pages(self, post: Post) -> Any:
+        """``page(number, has_raw)``: the redirect page of the post (None) or a comment.
+
+        A post's comments' pages differ only in the comment number, so the template is
+        rendered once with a stand-in number, which each page then replaces; the first
+        comment's page is also rendered for real and must come out the same (else, say
+        with a template that formats the number, every page is rendered for real).
+        """
+        url = urls.post_url(self.config, self.name, post.slug)
+        target = f"../../posts/{post.slug}.html"
+        stencil: list[str | None] = []
+
+        def real(number: int | None, has_raw: bool) -> str:
+            anchor = f"#c{number}" if number else ""
+            return self.render("message.html", "../../", target=target + anchor,
+                               title=post.title, number=number, has_raw=has_raw,
+                               url=url + anchor)
+
+        def page(number: int | None, has_raw: bool) -> str:
+            if number is None or not has_raw:
+                return real(number, has_raw)
+            if not stencil:
+                made = real(number, True)
+                shape = real(STAND_IN, True)
+                ok = shape.replace(str(STAND_IN), str(number)) == made
+                stencil.append(shape if ok else None)
+                return made
+            shape = stencil[0]
+            if shape is None:
+                return real(number, True)
+            return shape.replace(str(STAND_IN), str(number))
+        return page
 
     @staticmethod
     def _mbox_entry(raw: Raw) -> bytes:
@@ -351,7 +381,25 @@ class ListRenderer:
         return max(1, -(-total // self.per_page))
 
     # ------------------------------------------------------------------ full render
+    def iter_posts(self) -> Iterator[list[Post]]:
+        """The published posts oldest first, ``CHUNK`` at a time (keyset pagination)."""
+        last: tuple[datetime, int] | None = None
+        while True:
+            def read(session: Session) -> list[Post]:
+                query = select(Post).where(published(self.name))
+                if last is not None:
+                    query = query.where(or_(Post.date > last[0],
+                                            and_(Post.date == last[0], Post.id > last[1])))
+                return list(session.execute(query.order_by(Post.date, Post.id)
+                                            .limit(CHUNK)).scalars())
+            posts = self.app.db.call(read)
+            if not posts:
+                return
+            yield posts
+            last = (posts[-1].date, posts[-1].id)
+
     def iter_chunks(self) -> Iterator[list[Thread]]:
+        """The published posts oldest first with their comments, ``CHUNK`` at a time."""
         last: tuple[datetime, int] | None = None
         while True:
             def read(session: Session) -> list[Thread]:
@@ -368,8 +416,27 @@ class ListRenderer:
             yield threads
             last = (threads[-1].post.date, threads[-1].post.id)
 
-    def render_all(self) -> int:
-        """Every file of the list, streaming the posts oldest first. Returns the post count."""
+    def render_ids(self, ids: list[int]) -> int:
+        """Render the threads of the given posts; returns how many files that wrote."""
+        before = self.files.written
+
+        def read(session: Session) -> list[Thread]:
+            posts = list(session.execute(select(Post).where(
+                Post.id.in_(ids), published(self.name))).scalars())
+            return self.read_threads(session, posts)
+        for t in self.app.db.call(read):
+            self.render_thread(t)
+        return self.files.written - before
+
+    def render_all(self, workers: int = 1) -> int:
+        """Every file of the list, streaming the posts oldest first. Returns the post count.
+
+        With ``workers`` > 1 the threads (a post page, its feeds and mbox, a page and the
+        source of each message: nearly all the work) are rendered by that many forked
+        processes, a chunk of posts each at a time, while this one writes the index and
+        month pages. Only from a process without other threads (``render --full``): a
+        fork copies one thread only.
+        """
         self._templates.clear()
         self.render_static()
         total = 0
@@ -380,32 +447,55 @@ class ListRenderer:
         number = 0
         pages_total = self.pages(self.app.db.call(lambda s: s.execute(
             select(func.count()).select_from(Post).where(published(self.name))).scalar_one()))
-        for threads in self.iter_chunks():
-            for t in threads:
-                post = t.post
-                self.render_thread(t)
-                total += 1
-                bucket.append(post)
-                if len(bucket) == self.per_page:
-                    number += 1
-                    self.render_page(number, max(pages_total, number), bucket)
-                    bucket = []
-                key = month_key(post.date, self.lst)
-                counts[key] = counts.get(key, 0) + 1
-                if month is None or month[0] != key:
-                    if month is not None:
-                        self.render_month(*month)
-                    month = (key, [])
-                month[1].append(post)
-                newest = (newest + [post])[-self.per_page:]
-        if bucket or number == 0:
-            number += 1
-            self.render_page(number, number, bucket)
-        if month is not None:
-            self.render_month(*month)
-        self.render_months(counts)
-        self.render_index(list(reversed(newest)), total)
+        pool = _start_pool(self, workers) if workers > 1 and pages_total * self.per_page > \
+            CHUNK else None
+        jobs: list[Any] = []
+        try:
+            chunks: Iterator[list[Post]]
+            if pool is None:
+                chunks = ([t.post for t in self._rendered(threads)] for threads in
+                          self.iter_chunks())
+            else:
+                chunks = self.iter_posts()
+            for posts in chunks:
+                if pool is not None:
+                    jobs.append(pool.apply_async(_render_ids, ([p.id for p in posts],)))
+                for post in posts:
+                    total += 1
+                    bucket.append(post)
+                    if len(bucket) == self.per_page:
+                        number += 1
+                        self.render_page(number, max(pages_total, number), bucket)
+                        bucket = []
+                    key = month_key(post.date, self.lst)
+                    counts[key] = counts.get(key, 0) + 1
+                    if month is None or month[0] != key:
+                        if month is not None:
+                            self.render_month(*month)
+                        month = (key, [])
+                    month[1].append(post)
+                    newest = (newest + [post])[-self.per_page:]
+            if bucket or number == 0:
+                number += 1
+                self.render_page(number, number, bucket)
+            if month is not None:
+                self.render_month(*month)
+            self.render_months(counts)
+            self.render_index(list(reversed(newest)), total)
+            for job in jobs:
+                self.files.written += job.get()
+            if pool is not None:
+                pool.close()
+                pool.join()
+        finally:
+            if pool is not None:
+                pool.terminate()
         return total
+
+    def _rendered(self, threads: list[Thread]) -> list[Thread]:
+        for t in threads:
+            self.render_thread(t)
+        return threads
 
     # ------------------------------------------------------------------ incremental
     def render_changed(self, changed: Iterable[int], new: Iterable[int] = ()) -> dict[int, int]:
@@ -475,3 +565,26 @@ class ListRenderer:
                 key = month_key(date, self.lst)
                 counts[key] = counts.get(key, 0) + 1
         return threads, total, pages, months, newest, counts
+
+
+# ---------------------------------------------------------------------- parallel full render
+_FORKED: ListRenderer | None = None   # the renderer the worker processes inherit
+
+
+def _start_pool(renderer: ListRenderer, workers: int) -> Any:
+    import multiprocessing
+    global _FORKED
+    _FORKED = renderer
+    return multiprocessing.get_context("fork").Pool(workers, initializer=_worker_started)
+
+
+def _worker_started() -> None:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+    assert _FORKED is not None
+    _FORKED.app.db.engine.dispose(close=False)  # the parent's connections stay its own
+
+
+def _render_ids(ids: list[int]) -> int:
+    assert _FORKED is not None
+    return _FORKED.render_ids(ids)
