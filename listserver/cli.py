@@ -302,7 +302,12 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     import asyncio
     from .sender import Sender
     app = make_app(args)
-    count = asyncio.run(Sender(app).deliver())
+    try:
+        import uvloop  # as serve: a faster event loop where there is one
+        run: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        run = asyncio.run
+    count = run(Sender(app).deliver())
     print(f"{count} mail(s) tried")
     app.close()
     return 0
