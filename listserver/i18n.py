@@ -57,22 +57,37 @@ def environment(loader: jinja2.BaseLoader, language: str) -> jinja2.Environment:
 class Dates:
     """Date formatting for one list: its time zone and its language."""
 
+    CACHE = 20_000   # formatted dates kept (index pages show the same posts again and again)
+
     def __init__(self, lst: ListConfig) -> None:
         self.tz = lst.tz
         self.locale = lst.language
         self.short_format = SHORT_FORMATS.get(lst.language, SHORT_FORMATS["en"])
+        self._cache: dict[tuple[str, datetime], str] = {}
+
+    def _cached(self, kind: str, value: datetime, make: Any) -> str:
+        key = (kind, value)
+        text = self._cache.get(key)
+        if text is None:
+            if len(self._cache) >= self.CACHE:
+                self._cache.clear()
+            text = self._cache[key] = make()
+        return text
 
     def local(self, value: datetime) -> datetime:
         return value.astimezone(self.tz)
 
     def short(self, value: datetime) -> str:
-        return format_datetime(value, self.short_format, tzinfo=self.tz, locale=self.locale)
+        return self._cached("short", value, lambda: format_datetime(
+            value, self.short_format, tzinfo=self.tz, locale=self.locale))
 
     def long(self, value: datetime) -> str:
-        return format_date(self.local(value), "long", locale=self.locale)
+        return self._cached("long", value, lambda: format_date(
+            self.local(value), "long", locale=self.locale))
 
     def month(self, value: datetime) -> str:
-        return format_date(self.local(value), "LLLL y", locale=self.locale)
+        return self._cached("month", value, lambda: format_date(
+            self.local(value), "LLLL y", locale=self.locale))
 
     def iso(self, value: datetime) -> str:
         return self.local(value).isoformat(timespec="seconds")

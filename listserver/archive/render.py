@@ -534,10 +534,12 @@ class ListRenderer:
         page_count = self.pages(total)
         numbers: set[int] = set()
         index = bool(new_ids)
-        for post in posts:
+        for post in posts:  # two ranges of the (list, state, date, id) index
             rank = session.execute(select(func.count()).select_from(Post).where(
-                published(self.name), or_(Post.date < post.date, and_(
-                    Post.date == post.date, Post.id < post.id)))).scalar_one()
+                published(self.name), Post.date < post.date)).scalar_one() + \
+                session.execute(select(func.count()).select_from(Post).where(
+                    published(self.name), Post.date == post.date, Post.id < post.id)
+                ).scalar_one()
             number = rank // self.per_page + 1
             numbers.add(number)
             if post.id in new_ids:  # everything after it moved by one
@@ -561,8 +563,12 @@ class ListRenderer:
         counts = None
         if new_ids:
             counts = {}
-            for (date,) in session.execute(select(Post.date).where(published(self.name))):
-                key = month_key(date, self.lst)
+            key, end = "", None   # month_key only when a date passes the month's end
+            for (date,) in session.execute(select(Post.date).where(
+                    published(self.name)).order_by(Post.date)):
+                if end is None or date >= end:
+                    key = month_key(date, self.lst)
+                    end = month_range(key, self.lst)[1]
                 counts[key] = counts.get(key, 0) + 1
         return threads, total, pages, months, newest, counts
 
