@@ -54,6 +54,26 @@ def environment(loader: jinja2.BaseLoader, language: str) -> jinja2.Environment:
     return env
 
 
+_NUMERIC = {"dd": "%d", "MM": "%m", "yyyy": "%Y", "HH": "%H", "mm": "%M"}
+
+
+def strftime_pattern(pattern: str) -> str | None:
+    """The strftime pattern that formats like the CLDR ``pattern``, if it is made only of
+    zero-padded numeric fields (dd-MM-yyyy HH:mm) and punctuation; else None."""
+    import re
+    out = []
+    for match in re.finditer(r"([a-zA-Z])\1*|[^a-zA-Z']+", pattern):
+        text = match.group(0)
+        if text[0].isalpha():
+            if text not in _NUMERIC:
+                return None
+            out.append(_NUMERIC[text])
+        else:
+            out.append(text.replace("%", "%%"))
+    return "".join(out) if "".join(m.group(0) for m in re.finditer(
+        r"([a-zA-Z])\1*|[^a-zA-Z']+", pattern)) == pattern else None
+
+
 class Dates:
     """Date formatting for one list: its time zone and its language."""
 
@@ -64,6 +84,7 @@ class Dates:
         self.locale = lst.language
         self.short_format = SHORT_FORMATS.get(lst.language, SHORT_FORMATS["en"])
         self._cache: dict[tuple[str, datetime], str] = {}
+        self._short_strftime = strftime_pattern(self.short_format)
 
     def _cached(self, kind: str, value: datetime, make: Any) -> str:
         key = (kind, value)
@@ -78,6 +99,9 @@ class Dates:
         return value.astimezone(self.tz)
 
     def short(self, value: datetime) -> str:
+        # Every comment shows one: the numeric pattern by strftime, the rest by Babel.
+        if self._short_strftime is not None:
+            return self.local(value).strftime(self._short_strftime)
         return self._cached("short", value, lambda: format_datetime(
             value, self.short_format, tzinfo=self.tz, locale=self.locale))
 

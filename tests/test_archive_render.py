@@ -53,3 +53,33 @@ def test_message_pages_when_the_template_formats_the_number(app, tmp_path) -> No
             assert page.split()[0].endswith(f"#c{number}") and page.split()[2].endswith(
                 f"#c{number}")
             assert f"{number:05d}" == page.split()[1]
+
+
+def test_short_dates_as_babel_formats_them() -> None:
+    import random
+    from datetime import datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+    from babel.dates import format_datetime
+    from listserver.i18n import SHORT_FORMATS, Dates
+
+    class Lst:
+        language, tz = "nb", ZoneInfo("Europe/Oslo")
+    dates, rnd = Dates(Lst()), random.Random(3)  # type: ignore[arg-type]
+    start = datetime(1995, 1, 1, tzinfo=timezone.utc)
+    for _ in range(2000):  # summer and winter time, and the hours they change
+        value = start + timedelta(minutes=rnd.randrange(40 * 365 * 24 * 60))
+        assert dates.short(value) == format_datetime(value, SHORT_FORMATS["nb"],
+                                                     tzinfo=Lst.tz, locale="nb")
+
+
+def test_mbox_escaping_unchanged() -> None:
+    import io
+    from listserver.mbox import write_message
+    for raw in (b"From: a\r\n\r\nFrom here\r\n>From there\r\nx From y\r\n", b"Subject: s\n\nok\n"):
+        out = io.BytesIO()
+        write_message(out, raw, "a@b", None)
+        body = out.getvalue().split(b"\n", 1)[1]
+        lines = raw.replace(b"\r\n", b"\n").split(b"\n")
+        expected = b"\n".join(b">" + l if l.lstrip(b">").startswith(b"From ") else l
+                              for l in lines)
+        assert body == (expected if expected.endswith(b"\n") else expected + b"\n") + b"\n"

@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import time
 from pathlib import Path
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 
 
+TMP_BUILD = ".tmp-build-"   # a list's first render, in the archive directory
+
+
 class ArchiveFiles:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, direct: bool = False) -> None:
+        """``direct``: write each file in place, for a directory no reader sees yet."""
         self.root = root
         self._root = str(root)
         self._dirs: set[str] = set()
         self._serial = itertools.count()
+        self.direct = direct
         self.written = 0
 
     def path(self, relative: str) -> Path:
@@ -38,7 +44,8 @@ class ArchiveFiles:
             os.makedirs(parent, exist_ok=True)
             self._dirs.add(parent)
         # pid and a counter: unique among running writers (a crash's leftovers are swept)
-        tmp = f"{parent}/.tmp-{os.getpid()}-{next(self._serial)}-{name}.part"
+        tmp = path if self.direct else \
+            f"{parent}/.tmp-{os.getpid()}-{next(self._serial)}-{name}.part"
         payload = data.encode("utf-8") if isinstance(data, str) else data
         try:
             fd = os.open(tmp, _FLAGS, 0o644)
@@ -48,7 +55,8 @@ class ArchiveFiles:
                     view = view[os.write(fd, view):]
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
+            if tmp is not path:
+                os.replace(tmp, path)
         except BaseException:
             try:
                 os.unlink(tmp)
@@ -61,7 +69,19 @@ class ArchiveFiles:
         """Remove temporary files older than ``older_than`` seconds (left by a crash)."""
         removed = 0
         limit = time.time() - older_than
-        for directory, _, names in os.walk(self._root):
+        try:
+            builds = [e for e in os.scandir(self._root) if e.name.startswith(TMP_BUILD)]
+        except OSError:
+            builds = []
+        for entry in builds:  # a first render that did not finish
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime < limit:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed += 1
+            except OSError:
+                continue
+        for directory, dirs, names in os.walk(self._root):
+            dirs[:] = [d for d in dirs if not d.startswith(TMP_BUILD)]
             for name in names:
                 if not name.startswith(".tmp-"):
                     continue

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -142,6 +143,7 @@ def text_html(text: str) -> Markup:
                              for p in paragraphs))
 
 
+@lru_cache(maxsize=4096)   # a post's subject is quoted for every one of its comments
 def rfc6068(value: str) -> str:
     return quote(value, safe="")
 
