@@ -50,7 +50,7 @@ def main() -> None:
         import importer
         sizes = [args.archive] + ([100_000] if args.full and args.archive != 100_000 else [])
         for size in sizes:
-            with workdir() as tmp:
+            with workdir() as tmp:  # removed at the end, with all it holds
                 corpus = importer.generate(Path(tmp), size)
                 if not only or "import" in only:
                     show(importer.run(corpus))

@@ -219,7 +219,13 @@ class SigningPool:
                 initializer=_pool_start, initargs=self._args)
         size = -(-len(contents) // (self.workers * 4))
         chunks = [contents[i:i + size] for i in range(0, len(contents), size)]
-        return [c for signed in self._pool.map(_pool_sign, chunks) for c in signed]
+        try:
+            return [c for signed in self._pool.map(_pool_sign, chunks) for c in signed]
+        except Exception:  # a worker died (killed, out of memory): sign here, new pool later
+            log.exception("DKIM signing pool failed; signing this batch in the sender")
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=False, cancel_futures=True)
+            return [self.sign(c) for c in contents]
 
     def close(self) -> None:
         if self._pool is not None:
