@@ -19,6 +19,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+# Children import this checkout's listserver, whatever the current directory or the
+# virtualenv's installed copy.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 LISTSERVER = [PYTHON, "-m", "listserver.cli"]
 
 
@@ -88,20 +92,32 @@ class Row:
 
     def cells(self) -> list[str]:
         ratio = f"{self.value / self.ref_value:.2f}×" if self.ref_value else ""
-        ref = f"{self.ref_value:,.0f} ({self.reference})" if self.reference else ""
-        return [self.workload, self.figure, f"{self.value:,.1f} {self.unit}", ref, ratio,
+        ref = ""
+        if self.reference:
+            ref = f"{number(self.ref_value)} {self.unit} ({self.reference})" \
+                if self.ref_value else self.reference
+        return [self.workload, self.figure, f"{number(self.value)} {self.unit}", ref, ratio,
                 self.target]
 
 
-def print_table(rows: list[Row]) -> None:
+def number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1000 else f"{value:,.1f}" if value >= 10 \
+        else f"{value:,.2f}"
+
+
+def print_table(rows: list[Row], file: object = None) -> None:
     head = ["workload", "figure", "value", "reference (same run)", "ratio", "target"]
     cells = [head] + [r.cells() for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |"
-    print(line)
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    out = file or sys.stdout
+    print(line, file=out)  # type: ignore[call-overload]
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=out)  # type: ignore
     for c in cells[1:]:
-        print("| " + " | ".join(x.ljust(w) for x, w in zip(c, widths)) + " |")
+        print("| " + " | ".join(x.ljust(w) for x, w in zip(c, widths)) + " |",
+              file=out)  # type: ignore[call-overload]
+    if hasattr(out, "flush"):
+        out.flush()  # type: ignore[union-attr]
 
 
 def workdir() -> tempfile.TemporaryDirectory[str]:
@@ -140,3 +156,47 @@ def write_config(directory: Path, *, db: str | None = None, transport: str = "ma
     path.write_text(CONFIG.format(smtp=smtp, http=http, db=db, transport=transport,
                                   relay=relay))
     return path, smtp, http
+
+
+def run_measured(args: list[str], timeout: float = 900, **kwargs: object
+                 ) -> tuple[float, float, str]:
+    """Run a child to completion: (seconds, peak RSS in MB, its stdout).
+
+    The peak resident set comes from the child's own rusage (wait4), so it is that
+    process's high-water mark only. The child is killed if it outlives ``timeout``."""
+    import threading
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE,
+                            **kwargs)  # type: ignore[call-overload]
+    out: list[bytes] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()))
+    reader.start()
+    timer = threading.Timer(timeout, lambda: _kill_group(proc.pid))
+    timer.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        timer.cancel()
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    reader.join()
+    _kill_group(proc.pid)  # anything it left behind
+    text = b"".join(out).decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args[2:5]} exited {proc.returncode}: {text[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024, text
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def smtp_sink() -> Iterator[int]:
+    """Postfix's smtp-sink on a free loopback port (as nobody when we are root)."""
+    port = free_port()
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    with process([need("smtp-sink"), *user, f"127.0.0.1:{port}", "1024"]):
+        wait_port(port)
+        yield port

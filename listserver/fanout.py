@@ -45,8 +45,9 @@ BOUNCES = "bounces"
 def _imported(session: Session, message_pk: int | None) -> bool:
     if message_pk is None:
         return False
-    return session.execute(select(Message.source).where(
-        Message.id == message_pk)).scalar_one_or_none() == "import"
+    # get(): the message being published is in the session already (no SELECT)
+    message = session.get(Message, message_pk)
+    return message is not None and message.source == "import"
 
 
 def enqueue_fanout(app: App, session: Session, list_name: str, kind: str, ref: str,

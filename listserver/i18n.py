@@ -54,25 +54,64 @@ def environment(loader: jinja2.BaseLoader, language: str) -> jinja2.Environment:
     return env
 
 
+_NUMERIC = {"dd": "%d", "MM": "%m", "yyyy": "%Y", "HH": "%H", "mm": "%M"}
+
+
+def strftime_pattern(pattern: str) -> str | None:
+    """The strftime pattern that formats like the CLDR ``pattern``, if it is made only of
+    zero-padded numeric fields (dd-MM-yyyy HH:mm) and punctuation; else None."""
+    import re
+    out = []
+    for match in re.finditer(r"([a-zA-Z])\1*|[^a-zA-Z']+", pattern):
+        text = match.group(0)
+        if text[0].isalpha():
+            if text not in _NUMERIC:
+                return None
+            out.append(_NUMERIC[text])
+        else:
+            out.append(text.replace("%", "%%"))
+    return "".join(out) if "".join(m.group(0) for m in re.finditer(
+        r"([a-zA-Z])\1*|[^a-zA-Z']+", pattern)) == pattern else None
+
+
 class Dates:
     """Date formatting for one list: its time zone and its language."""
+
+    CACHE = 20_000   # formatted dates kept (index pages show the same posts again and again)
 
     def __init__(self, lst: ListConfig) -> None:
         self.tz = lst.tz
         self.locale = lst.language
         self.short_format = SHORT_FORMATS.get(lst.language, SHORT_FORMATS["en"])
+        self._cache: dict[tuple[str, datetime], str] = {}
+        self._short_strftime = strftime_pattern(self.short_format)
+
+    def _cached(self, kind: str, value: datetime, make: Any) -> str:
+        key = (kind, value)
+        text = self._cache.get(key)
+        if text is None:
+            if len(self._cache) >= self.CACHE:
+                self._cache.clear()
+            text = self._cache[key] = make()
+        return text
 
     def local(self, value: datetime) -> datetime:
         return value.astimezone(self.tz)
 
     def short(self, value: datetime) -> str:
-        return format_datetime(value, self.short_format, tzinfo=self.tz, locale=self.locale)
+        # Every comment shows one: the numeric pattern by strftime, the rest by Babel.
+        if self._short_strftime is not None:
+            return self.local(value).strftime(self._short_strftime)
+        return self._cached("short", value, lambda: format_datetime(
+            value, self.short_format, tzinfo=self.tz, locale=self.locale))
 
     def long(self, value: datetime) -> str:
-        return format_date(self.local(value), "long", locale=self.locale)
+        return self._cached("long", value, lambda: format_date(
+            self.local(value), "long", locale=self.locale))
 
     def month(self, value: datetime) -> str:
-        return format_date(self.local(value), "LLLL y", locale=self.locale)
+        return self._cached("month", value, lambda: format_date(
+            self.local(value), "LLLL y", locale=self.locale))
 
     def iso(self, value: datetime) -> str:
         return self.local(value).isoformat(timespec="seconds")

@@ -1,7 +1,7 @@
 """``listserver import LIST MBOX``: bring in an existing archive through the live path.
 
 Each message of the mbox (Mailman pipermail or HyperKitty, Google Groups, any mboxrd or
-mboxo file, gzipped or not) is stored with ``intake.store_incoming`` as ``source='import'``
+mboxo file, gzipped or not) is stored like live mail (``intake``) as ``source='import'``
 and processed by ``process.handle`` with the same rule chain as live mail; the chain's
 import rows decide what differs (``rules.Imported``): roots become posts without author
 rights, nothing is held for moderators, a reply whose parent comes later in the file waits
@@ -10,7 +10,9 @@ fan-out to subscribers) checks ``message.source == 'import'``.
 
 * Streaming, flat memory: the file is read one message at a time (``mbox.MboxReader``)
   and committed in batches of ``BATCH`` messages, each stored and processed in one
-  transaction (one fsync per batch). A message whose processing raises is parked as
+  transaction (one fsync per batch). A batch is stored with one INSERT and one SELECT of
+  the new ids, and the rows it loads stay in the session until it commits (a reply's
+  post, say, is not read again). A message whose processing raises is parked as
   ``failed``: its batch is redone with a savepoint per message, which keeps the rest.
 * Safe to run twice: the same Message-ID with the same content is stored once, and a
   stored message is processed only while it is still queued.
@@ -29,13 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from .addresses import list_address
-from .intake import Incoming, store_incoming
+from .intake import Incoming, insert_rows
+from .intake import _row as row_for
 from .mbox import MboxReader
-from .models import Message
+from .models import Message, utcnow
 from .parse import content_digest, header_message_id
 from .process import handle
 
@@ -168,13 +171,47 @@ def _new_items(session: Session, items: list[Incoming]) -> list[Incoming]:
     return [i for i, key in zip(items, keys) if key not in known]
 
 
+def _keep_loaded(session: Session) -> None:
+    """Keep every object this transaction loads or adds alive until it ends.
+
+    The session's identity map holds its objects weakly: without this, a message row or
+    a post that processing looks at again (a reply's post, a thread's root) has been
+    collected meanwhile and costs another SELECT. One batch's rows are few.
+    """
+    kept: list[object] = session.info.setdefault("import_kept", [])
+    if kept:
+        return
+
+    def keep(_session: Session, instance: object) -> None:
+        kept.append(instance)
+    kept.append(object())
+    event.listen(session, "loaded_as_persistent", keep)
+    event.listen(session, "pending_to_persistent", keep)
+
+
+def _store(session: Session, items: list[Incoming], domain: str) -> list[int]:
+    """Store the messages (one INSERT); their row ids in order, with one SELECT."""
+    rows = [row_for(item, domain, utcnow()) for item in items]
+    insert_rows(session, rows)
+    found: dict[tuple[str, str], int] = {}
+    mids = list({str(r["message_id"]) for r in rows})
+    for start in range(0, len(mids), 500):
+        for pk, mid, digest in session.execute(select(
+                Message.id, Message.message_id, Message.digest).where(
+                Message.list_name == items[0].list_name,
+                Message.message_id.in_(mids[start:start + 500]))):
+            found[(mid, digest)] = pk
+    return [found[(str(r["message_id"]), str(r["digest"]))] for r in rows]
+
+
 def _store_and_process(session: Session, app: App, items: list[Incoming],
                        report: ImportReport, careful: bool) -> None:
     fresh = _new_items(session, items)
     if not fresh:
         return
-    ids = list(dict.fromkeys(store_incoming(session, fresh, app.config.domain)))
-    queued = {m.id for m in session.execute(select(Message).where(
+    _keep_loaded(session)
+    ids = list(dict.fromkeys(_store(session, fresh, app.config.domain)))
+    queued = {m.id: m for m in session.execute(select(Message).where(
         Message.id.in_(ids), Message.state == "queued",
         Message.source == "import")).scalars()}  # loads them all: one query, not one each
     report.stored += len(queued)

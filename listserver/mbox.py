@@ -107,10 +107,9 @@ def write_message(out: IO[bytes], raw: bytes, sender: str = "",
     stamp = (when or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime(
         "%a %b %d %H:%M:%S %Y")
     out.write(f"From {sender or 'MAILER-DAEMON'} {stamp}\n".encode("ascii", "replace"))
-    body = raw.replace(b"\r\n", b"\n")
-    chunks = []
-    for line in body.split(b"\n"):
-        chunks.append(b">" + line if _NEEDS_ESCAPE.match(line) else line)
-    data = b"\n".join(chunks)
+    data = raw.replace(b"\r\n", b"\n")
+    if b"From " in data:  # (rare: most messages need no line looked at)
+        data = b"\n".join(b">" + line if _NEEDS_ESCAPE.match(line) else line
+                          for line in data.split(b"\n"))
     out.write(data if data.endswith(b"\n") else data + b"\n")
     out.write(b"\n")

@@ -101,6 +101,8 @@ class Post(Base):
         UniqueConstraint("list_name", "message_id", name="uq_posts_message_id"),
         UniqueConstraint("list_name", "slug", name="uq_posts_slug"),
         Index("ix_posts_list_date", "list_name", "date"),
+        # The archive's order of published posts: counts and pages from the index alone.
+        Index("ix_posts_published_order", "list_name", "state", "date", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -33,7 +33,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from .models import Outbox, Subscription
-from .signing import make_signer
+from .signing import SigningPool
 
 if TYPE_CHECKING:
     from .app import App
@@ -101,7 +101,8 @@ class Sender:
         self.transport = transport or make_transport(app)
         self.batch = 500
         self.lease = timedelta(seconds=int(app.config.outbound["lease"]))
-        self.sign = make_signer(app)  # None: not signing
+        # None: not signing. Large batches are signed on every core (worker processes).
+        self.signing = SigningPool(app) if app.config.outbound["dkim_key_file"] else None
 
     def _claim(self) -> list[Claimed]:
         """Claim due rows, render those made at send time, and DKIM-sign (after commit)."""
@@ -159,9 +160,9 @@ class Sender:
                     "what it refers to is gone)"))
             if failed:
                 session.execute(update(Outbox), [dict(f, state="failed") for f in failed])
-        if self.sign is not None:
-            for item in out:
-                item.content = self.sign(item.content)
+        if self.signing is not None and out:
+            for item, signed in zip(out, self.signing.sign_all([c.content for c in out])):
+                item.content = signed
         return out
 
     @staticmethod
@@ -223,7 +224,12 @@ class Sender:
         try:
             return await self.drain_once()
         finally:
-            await self.transport.close()
+            await self.close()
+
+    async def close(self) -> None:
+        await self.transport.close()
+        if self.signing is not None:
+            await asyncio.to_thread(self.signing.close)
 
     async def drain_once(self, stop: asyncio.Event | None = None) -> int:
         """Send everything due now (or until ``stop``: the batch in hand is finished and
@@ -232,15 +238,29 @@ class Sender:
 
         Claim, send and record run one after the other: overlapping the claim (Python code
         on a thread) with the sending made both slower, the two threads fighting over the
-        GIL."""
+        GIL. When signing, most of a claim is the signatures, made in other processes:
+        then the next batch is claimed and signed while this one is sent."""
         total = 0
-        while stop is None or not stop.is_set():
-            claimed = await asyncio.to_thread(self._claim)
-            if not claimed:
-                return total
-            results = await self._send_all(claimed)
-            await asyncio.to_thread(self._record, results)
+        claimed = await asyncio.to_thread(self._claim)
+        while claimed:
+            stopping = stop is not None and stop.is_set()
+            following = asyncio.ensure_future(asyncio.to_thread(self._claim)) \
+                if self.signing is not None and len(claimed) >= self.batch \
+                and not stopping else None
+            try:
+                results = await self._send_all(claimed)
+                await asyncio.to_thread(self._record, results)
+            except BaseException:
+                if following is not None:  # its rows stay leased; they come due again
+                    following.cancel()
+                raise
             total += len(claimed)
+            if following is not None:
+                claimed = await following  # claimed already: sent even when stopping
+            elif stop is not None and stop.is_set():
+                break
+            else:
+                claimed = await asyncio.to_thread(self._claim)
         return total
 
     @staticmethod
@@ -286,7 +306,7 @@ class Sender:
                 await asyncio.wait_for(wake.wait(), timeout=5)
             except asyncio.TimeoutError:
                 pass
-        await self.transport.close()
+        await self.close()
 
 
 T = TypeVar("T")

@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +35,7 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from ..models import Comment, Post, utcnow
-from .files import ArchiveFiles
+from .files import TMP_BUILD, ArchiveFiles
 from .render import ListRenderer
 from .search import build_index
 
@@ -117,8 +119,11 @@ class Archive:
             self.search_dirty.add(list_name)
         return done
 
-    def render_full(self, lists: list[str] | None = None) -> int:
-        """Rebuild every file of the given lists (default: all); returns the post count."""
+    def render_full(self, lists: list[str] | None = None, workers: int = 1) -> int:
+        """Rebuild every file of the given lists (default: all); returns the post count.
+
+        ``workers`` > 1 renders in that many forked processes: only from a process that
+        runs no other threads (``listserver render --full``), never from ``serve``."""
         started = utcnow()
         total = 0
         for name in lists or list(self.app.config.lists):
@@ -126,7 +131,10 @@ class Archive:
             if renderer is None:
                 continue
             began = time.monotonic()
-            count = renderer.render_all()
+            if self.files.exists(name):
+                count = renderer.render_all(workers)
+            else:
+                count = self._first_render(name, workers)
             log.info("rendered %s: %d posts in %.2fs", name, count, time.monotonic() - began)
             total += count
             self.search_dirty.add(name)
@@ -134,6 +142,23 @@ class Archive:
         if lists is None:
             self.save_state(started)
         return total
+
+    def _first_render(self, name: str, workers: int) -> int:
+        """A list's first render: built in a hidden directory, moved into place when whole.
+
+        Nobody can see the files while they are written, so each is written once, in place
+        (no temporary file and rename per file: on a busy disk, creating a directory entry
+        is what a render of tens of thousands of files costs most)."""
+        lst = self.app.config.lists[name]
+        build = self.files.root / f"{TMP_BUILD}{os.getpid()}-{name}"
+        shutil.rmtree(build, ignore_errors=True)
+        try:
+            count = ListRenderer(self.app, lst, ArchiveFiles(build, direct=True)
+                                 ).render_all(workers)
+            os.rename(build / name, self.files.root / name)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+        return count
 
     def catch_up(self) -> int:
         """Render what was published since the archive was last known complete."""

@@ -8,38 +8,60 @@ served as pages; ``sweep`` removes any that a crash left behind.
 
 from __future__ import annotations
 
+import itertools
 import os
-import secrets
+import shutil
 import time
 from pathlib import Path
 
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+
+
+TMP_BUILD = ".tmp-build-"   # a list's first render, in the archive directory
+
 
 class ArchiveFiles:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, direct: bool = False) -> None:
+        """``direct``: write each file in place, for a directory no reader sees yet."""
         self.root = root
-        self._dirs: set[Path] = set()
+        self._root = str(root)
+        self._dirs: set[str] = set()
+        self._serial = itertools.count()
+        self.direct = direct
         self.written = 0
 
     def path(self, relative: str) -> Path:
         return self.root / relative
 
     def exists(self, relative: str) -> bool:
-        return (self.root / relative).exists()
+        return os.path.exists(f"{self._root}/{relative}")
 
     def write(self, relative: str, data: str | bytes) -> None:
-        path = self.root / relative
-        parent = path.parent
+        # Plain strings and os calls: a full render writes tens of thousands of files.
+        path = f"{self._root}/{relative}"
+        parent, _, name = path.rpartition("/")
         if parent not in self._dirs:
-            parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(parent, exist_ok=True)
             self._dirs.add(parent)
-        tmp = parent / f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{path.name}.part"
+        # pid and a counter: unique among running writers (a crash's leftovers are swept)
+        tmp = path if self.direct else \
+            f"{parent}/.tmp-{os.getpid()}-{next(self._serial)}-{name}.part"
         payload = data.encode("utf-8") if isinstance(data, str) else data
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
         try:
-            os.replace(tmp, path)
+            fd = os.open(tmp, _FLAGS, 0o644)
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            if tmp is not path:
+                os.replace(tmp, path)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
             raise
         self.written += 1
 
@@ -47,13 +69,27 @@ class ArchiveFiles:
         """Remove temporary files older than ``older_than`` seconds (left by a crash)."""
         removed = 0
         limit = time.time() - older_than
-        if not self.root.exists():
-            return 0
-        for tmp in self.root.rglob(".tmp-*"):
+        try:
+            builds = [e for e in os.scandir(self._root) if e.name.startswith(TMP_BUILD)]
+        except OSError:
+            builds = []
+        for entry in builds:  # a first render that did not finish
             try:
-                if tmp.is_file() and tmp.stat().st_mtime < limit:
-                    tmp.unlink()
+                if entry.stat(follow_symlinks=False).st_mtime < limit:
+                    shutil.rmtree(entry.path, ignore_errors=True)
                     removed += 1
             except OSError:
                 continue
+        for directory, dirs, names in os.walk(self._root):
+            dirs[:] = [d for d in dirs if not d.startswith(TMP_BUILD)]
+            for name in names:
+                if not name.startswith(".tmp-"):
+                    continue
+                tmp = os.path.join(directory, name)
+                try:
+                    if os.lstat(tmp).st_mtime < limit:
+                        os.unlink(tmp)
+                        removed += 1
+                except OSError:
+                    continue
         return removed

@@ -40,7 +40,7 @@ from ..mbox import write_message
 from ..models import Comment, Message, Post
 from .feeds import Feed, FeedEntry, json_feed
 from .files import ArchiveFiles
-from .views import Node, Privacy, reply_mailto, text_html, thread
+from .views import Node, Privacy, reply_mailto, text_html, thread, walk
 
 if TYPE_CHECKING:
     from ..app import App
@@ -49,6 +49,7 @@ log = logging.getLogger("listserver.archive")
 
 CHUNK = 100             # posts per read transaction in a full render
 COMMENTS_IN_FEED = 50   # newest comments in a post's comments feed
+STAND_IN = 918273645    # a comment number no real page shows (see _message_pages)
 
 
 @dataclass
@@ -61,6 +62,17 @@ class Entry:
     author: str
     comments: int
     excerpt: str
+
+
+class CommentView:
+    """What a post page shows of one comment, made in Python: the template only prints it."""
+
+    __slots__ = ("author", "iso", "short", "body", "quoted", "signature", "mailto",
+                 "permalink")
+
+    def __init__(self, **values: Any) -> None:
+        for key, value in values.items():
+            setattr(self, key, value)
 
 
 @dataclass
@@ -112,13 +124,23 @@ class ListRenderer:
         self.max_depth = int(self.config.archive["max_depth"])
         self.search = bool(self.config.archive["search"])
         self.name = lst.name
+        self.list_url = urls.list_url(self.config, self.name)
+        # Templates chosen for the current render (list override or site or built-in);
+        # emptied when a render starts, so an edited template counts from the next one.
+        self._templates: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ templates
+    def template(self, name: str) -> Any:
+        tmpl = self._templates.get(name)
+        if tmpl is None:
+            tmpl = self._templates[name] = self.env.select_template(
+                [f"archive/{self.name}/{name}", f"archive/{name}"])
+        return tmpl
+
     def render(self, template: str, root: str, **values: Any) -> str:
-        tmpl = self.env.select_template([f"archive/{self.name}/{template}",
-                                         f"archive/{template}"])
-        return tmpl.render(lst=self.lst, root=root, dates=self.dates, search=self.search,
-                           list_url=urls.list_url(self.config, self.name), **values)
+        return self.template(template).render(  # type: ignore[no-any-return]
+            lst=self.lst, root=root, dates=self.dates, search=self.search,
+            list_url=self.list_url, **values)
 
     def write(self, relative: str, data: str | bytes) -> None:
         self.files.write(f"{self.name}/{relative}", data)
@@ -182,17 +204,42 @@ class ListRenderer:
             to = list_address(config, self.name, "reply", c.thread_token)
             return reply_mailto(to, c.message_id, subject)
 
+        # Each comment's body and author, made once for the page and the feeds.
+        bodies: dict[int, Markup] = {}
+        authors: dict[int, str] = {}
+
+        def comment_body(c: Comment) -> Markup:
+            body = bodies.get(c.id)
+            if body is None:
+                body = bodies[c.id] = self.comment_body(c)
+            return body
+
+        def author_of(c: Comment) -> str:
+            name = authors.get(c.id)
+            if name is None:
+                name = authors[c.id] = self.privacy.author(c.author_name, c.author_address)
+            return name
+
         nodes: list[Node] = thread(t.comments, self.max_depth)
+        privacy, dates = self.privacy, self.dates
+        for node in walk(nodes):
+            c = node.comment
+            node.view = CommentView(
+                author=author_of(c), iso=dates.iso(c.date), short=dates.short(c.date),
+                body=comment_body(c),
+                quoted=text_html(privacy.text(c.quoted)) if c.quoted else "",
+                signature=text_html(privacy.text(c.signature)) if c.signature else "",
+                mailto=mailto(c), permalink=msgid_href("../", c.message_id))
         page = self.render(
             "post.html", "../", post=post, nodes=nodes, body=self.post_body(post),
             author=self.privacy.author(post.author_name, post.author_address),
-            comment_body=self.comment_body, text_html=text_html, privacy=self.privacy,
-            author_of=lambda c: self.privacy.author(c.author_name, c.author_address),
-            mailto=mailto, msgid_href=lambda mid: msgid_href("../", mid),
+            comment_body=comment_body, text_html=text_html, privacy=self.privacy,
+            author_of=author_of, mailto=mailto, msgid_href=lambda mid: msgid_href("../", mid),
             url=urls.post_url(config, self.name, post.slug))
         self.write(f"posts/{post.slug}.html", page)
-        self.render_comment_feeds(t)
+        self.render_comment_feeds(t, comment_body, author_of)
         mbox = bytearray()
+        page_of = self._message_pages(post)
         for pk, message_id, number in [(post.message_pk, post.message_id, None),
                                        *((c.message_pk, c.message_id, c.number)
                                          for c in t.comments)]:
@@ -202,15 +249,43 @@ class ListRenderer:
             folder = urls.msgid_segment(message_id)
             if not all_messages and self.files.exists(f"{self.name}/msgid/{folder}/index.html"):
                 continue
-            target = f"../../posts/{post.slug}.html" + (f"#c{number}" if number else "")
-            self.write(f"msgid/{folder}/index.html", self.render(
-                "message.html", "../../", target=target, title=post.title, number=number,
-                has_raw=raw is not None,
-                url=urls.post_url(config, self.name, post.slug) +
-                (f"#c{number}" if number else "")))
+            self.write(f"msgid/{folder}/index.html", page_of(number, raw is not None))
             if raw is not None:
                 self.write(f"msgid/{folder}/raw.txt", raw.raw)
         self.write(f"posts/{post.slug}.mbox", bytes(mbox))
+
+    def _message_pages(self, post: Post) -> Any:
+        """``page(number, has_raw)``: the redirect page of the post (None) or a comment.
+
+        A post's comments' pages differ only in the comment number, so the template is
+        rendered once with a stand-in number, which each page then replaces; the first
+        comment's page is also rendered for real and must come out the same (else, say
+        with a template that formats the number, every page is rendered for real).
+        """
+        url = urls.post_url(self.config, self.name, post.slug)
+        target = f"../../posts/{post.slug}.html"
+        stencil: list[str | None] = []
+
+        def real(number: int | None, has_raw: bool) -> str:
+            anchor = f"#c{number}" if number else ""
+            return self.render("message.html", "../../", target=target + anchor,
+                               title=post.title, number=number, has_raw=has_raw,
+                               url=url + anchor)
+
+        def page(number: int | None, has_raw: bool) -> str:
+            if number is None or not has_raw:
+                return real(number, has_raw)
+            if not stencil:
+                made = real(number, True)
+                shape = real(STAND_IN, True)
+                ok = shape.replace(str(STAND_IN), str(number)) == made
+                stencil.append(shape if ok else None)
+                return made
+            shape = stencil[0]
+            if shape is None:
+                return real(number, True)
+            return shape.replace(str(STAND_IN), str(number))
+        return page
 
     @staticmethod
     def _mbox_entry(raw: Raw) -> bytes:
@@ -219,16 +294,18 @@ class ListRenderer:
         write_message(buf, raw.raw, raw.sender, raw.received)
         return buf.getvalue()
 
-    def render_comment_feeds(self, t: Thread) -> None:
+    def render_comment_feeds(self, t: Thread, body: Any = None, author: Any = None) -> None:
         post, config = t.post, self.config
+        body = body or self.comment_body
+        author = author or (lambda c: self.privacy.author(c.author_name, c.author_address))
         newest = sorted(t.comments, key=lambda c: c.number, reverse=True)[:COMMENTS_IN_FEED]
-        entries = [FeedEntry(
-            id=urls.comment_url(config, self.name, post.slug, c.number),
-            url=urls.comment_url(config, self.name, post.slug, c.number),
-            title=f"#{c.number} {self.privacy.author(c.author_name, c.author_address)}",
-            published=c.date, author=self.privacy.author(c.author_name, c.author_address),
-            email=c.author_address if self.privacy.show else "",
-            content=str(self.comment_body(c))) for c in newest]
+        entries = []
+        for c in newest:
+            url = urls.comment_url(config, self.name, post.slug, c.number)
+            entries.append(FeedEntry(
+                id=url, url=url, title=f"#{c.number} {author(c)}", published=c.date,
+                author=author(c), email=c.author_address if self.privacy.show else "",
+                content=str(body(c))))
         updated = max([post.date, *(c.date for c in newest)])
         feed = Feed(
             id=urls.comments_feed_url(config, self.name, post.slug), title=post.title,
@@ -304,7 +381,25 @@ class ListRenderer:
         return max(1, -(-total // self.per_page))
 
     # ------------------------------------------------------------------ full render
+    def iter_posts(self) -> Iterator[list[Post]]:
+        """The published posts oldest first, ``CHUNK`` at a time (keyset pagination)."""
+        last: tuple[datetime, int] | None = None
+        while True:
+            def read(session: Session) -> list[Post]:
+                query = select(Post).where(published(self.name))
+                if last is not None:
+                    query = query.where(or_(Post.date > last[0],
+                                            and_(Post.date == last[0], Post.id > last[1])))
+                return list(session.execute(query.order_by(Post.date, Post.id)
+                                            .limit(CHUNK)).scalars())
+            posts = self.app.db.call(read)
+            if not posts:
+                return
+            yield posts
+            last = (posts[-1].date, posts[-1].id)
+
     def iter_chunks(self) -> Iterator[list[Thread]]:
+        """The published posts oldest first with their comments, ``CHUNK`` at a time."""
         last: tuple[datetime, int] | None = None
         while True:
             def read(session: Session) -> list[Thread]:
@@ -321,8 +416,28 @@ class ListRenderer:
             yield threads
             last = (threads[-1].post.date, threads[-1].post.id)
 
-    def render_all(self) -> int:
-        """Every file of the list, streaming the posts oldest first. Returns the post count."""
+    def render_ids(self, ids: list[int]) -> int:
+        """Render the threads of the given posts; returns how many files that wrote."""
+        before = self.files.written
+
+        def read(session: Session) -> list[Thread]:
+            posts = list(session.execute(select(Post).where(
+                Post.id.in_(ids), published(self.name))).scalars())
+            return self.read_threads(session, posts)
+        for t in self.app.db.call(read):
+            self.render_thread(t)
+        return self.files.written - before
+
+    def render_all(self, workers: int = 1) -> int:
+        """Every file of the list, streaming the posts oldest first. Returns the post count.
+
+        With ``workers`` > 1 the threads (a post page, its feeds and mbox, a page and the
+        source of each message: nearly all the work) are rendered by that many forked
+        processes, a chunk of posts each at a time, while this one writes the index and
+        month pages. Only from a process without other threads (``render --full``): a
+        fork copies one thread only.
+        """
+        self._templates.clear()
         self.render_static()
         total = 0
         bucket: list[Post] = []
@@ -332,32 +447,55 @@ class ListRenderer:
         number = 0
         pages_total = self.pages(self.app.db.call(lambda s: s.execute(
             select(func.count()).select_from(Post).where(published(self.name))).scalar_one()))
-        for threads in self.iter_chunks():
-            for t in threads:
-                post = t.post
-                self.render_thread(t)
-                total += 1
-                bucket.append(post)
-                if len(bucket) == self.per_page:
-                    number += 1
-                    self.render_page(number, max(pages_total, number), bucket)
-                    bucket = []
-                key = month_key(post.date, self.lst)
-                counts[key] = counts.get(key, 0) + 1
-                if month is None or month[0] != key:
-                    if month is not None:
-                        self.render_month(*month)
-                    month = (key, [])
-                month[1].append(post)
-                newest = (newest + [post])[-self.per_page:]
-        if bucket or number == 0:
-            number += 1
-            self.render_page(number, number, bucket)
-        if month is not None:
-            self.render_month(*month)
-        self.render_months(counts)
-        self.render_index(list(reversed(newest)), total)
+        pool = _start_pool(self, workers) if workers > 1 and pages_total * self.per_page > \
+            CHUNK else None
+        jobs: list[Any] = []
+        try:
+            chunks: Iterator[list[Post]]
+            if pool is None:
+                chunks = ([t.post for t in self._rendered(threads)] for threads in
+                          self.iter_chunks())
+            else:
+                chunks = self.iter_posts()
+            for posts in chunks:
+                if pool is not None:
+                    jobs.append(pool.apply_async(_render_ids, ([p.id for p in posts],)))
+                for post in posts:
+                    total += 1
+                    bucket.append(post)
+                    if len(bucket) == self.per_page:
+                        number += 1
+                        self.render_page(number, max(pages_total, number), bucket)
+                        bucket = []
+                    key = month_key(post.date, self.lst)
+                    counts[key] = counts.get(key, 0) + 1
+                    if month is None or month[0] != key:
+                        if month is not None:
+                            self.render_month(*month)
+                        month = (key, [])
+                    month[1].append(post)
+                    newest = (newest + [post])[-self.per_page:]
+            if bucket or number == 0:
+                number += 1
+                self.render_page(number, number, bucket)
+            if month is not None:
+                self.render_month(*month)
+            self.render_months(counts)
+            self.render_index(list(reversed(newest)), total)
+            for job in jobs:
+                self.files.written += job.get()
+            if pool is not None:
+                pool.close()
+                pool.join()
+        finally:
+            if pool is not None:
+                pool.terminate()
         return total
+
+    def _rendered(self, threads: list[Thread]) -> list[Thread]:
+        for t in threads:
+            self.render_thread(t)
+        return threads
 
     # ------------------------------------------------------------------ incremental
     def render_changed(self, changed: Iterable[int], new: Iterable[int] = ()) -> dict[int, int]:
@@ -370,6 +508,7 @@ class ListRenderer:
         changed_ids, new_ids = set(changed) | set(new), set(new)
         if not changed_ids:
             return {}
+        self._templates.clear()
         data = self.app.db.call(self._read_changed, changed_ids, new_ids)
         threads, total, pages, months, newest, counts = data
         for t in threads:
@@ -395,10 +534,12 @@ class ListRenderer:
         page_count = self.pages(total)
         numbers: set[int] = set()
         index = bool(new_ids)
-        for post in posts:
+        for post in posts:  # two ranges of the (list, state, date, id) index
             rank = session.execute(select(func.count()).select_from(Post).where(
-                published(self.name), or_(Post.date < post.date, and_(
-                    Post.date == post.date, Post.id < post.id)))).scalar_one()
+                published(self.name), Post.date < post.date)).scalar_one() + \
+                session.execute(select(func.count()).select_from(Post).where(
+                    published(self.name), Post.date == post.date, Post.id < post.id)
+                ).scalar_one()
             number = rank // self.per_page + 1
             numbers.add(number)
             if post.id in new_ids:  # everything after it moved by one
@@ -422,7 +563,34 @@ class ListRenderer:
         counts = None
         if new_ids:
             counts = {}
-            for (date,) in session.execute(select(Post.date).where(published(self.name))):
-                key = month_key(date, self.lst)
+            key, end = "", None   # month_key only when a date passes the month's end
+            for (date,) in session.execute(select(Post.date).where(
+                    published(self.name)).order_by(Post.date)):
+                if end is None or date >= end:
+                    key = month_key(date, self.lst)
+                    end = month_range(key, self.lst)[1]
                 counts[key] = counts.get(key, 0) + 1
         return threads, total, pages, months, newest, counts
+
+
+# ---------------------------------------------------------------------- parallel full render
+_FORKED: ListRenderer | None = None   # the renderer the worker processes inherit
+
+
+def _start_pool(renderer: ListRenderer, workers: int) -> Any:
+    import multiprocessing
+    global _FORKED
+    _FORKED = renderer
+    return multiprocessing.get_context("fork").Pool(workers, initializer=_worker_started)
+
+
+def _worker_started() -> None:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+    assert _FORKED is not None
+    _FORKED.app.db.engine.dispose(close=False)  # the parent's connections stay its own
+
+
+def _render_ids(ids: list[int]) -> int:
+    assert _FORKED is not None
+    return _FORKED.render_ids(ids)

@@ -16,8 +16,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 from urllib.parse import quote
 
 from markupsafe import Markup, escape
@@ -33,6 +35,7 @@ class Node:
     comment: Comment
     reply_to: int | None = None          # shown as "reply to #N" when laid flat
     children: list[Node] = field(default_factory=list)
+    view: Any = None                     # what the page shows of it (render.CommentView)
 
 
 def thread(comments: Iterable[Comment], max_depth: int) -> list[Node]:
@@ -67,6 +70,15 @@ def thread(comments: Iterable[Comment], max_depth: int) -> list[Node]:
         if not rest:
             return roots
         stack.append((rest[0], 1, roots, None))  # part of a cycle: show it at the top
+
+
+def walk(nodes: list[Node]) -> Iterator[Node]:
+    """Every node of a tree, parents before their children (iterative)."""
+    stack = list(reversed(nodes))
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(node.children))
 
 
 def count_nodes(nodes: list[Node]) -> int:
@@ -107,26 +119,31 @@ class Privacy:
         return address if self.show else (address.partition("@")[0] or "?")
 
 
-def _linked(text: str) -> Markup:
+PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n+")
+
+
+def _linked(text: str) -> str:
+    """``text`` escaped, with its URLs as links (a URL never spans lines)."""
+    if "://" not in text:
+        return str(escape(text))
     out, pos = [], 0
     for m in URL.finditer(text):
-        out.append(escape(text[pos:m.start()]))
-        url = m.group(0)
-        out.append(Markup('<a href="{0}" rel="nofollow noopener">{0}</a>').format(url))
+        out.append(str(escape(text[pos:m.start()])))
+        url = escape(m.group(0))
+        out.append(f'<a href="{url}" rel="nofollow noopener">{url}</a>')
         pos = m.end()
-    out.append(escape(text[pos:]))
-    return Markup("").join(out)
+    out.append(str(escape(text[pos:])))
+    return "".join(out)
 
 
 def text_html(text: str) -> Markup:
     """Plain text as HTML paragraphs: escaped, line breaks kept, URLs linked."""
-    paragraphs = [p for p in re.split(r"\n[ \t]*\n+", text.strip("\n")) if p.strip()]
-    html = [Markup("<p>{}</p>").format(Markup("<br>\n").join(_linked(line) for line in
-                                                         p.split("\n")))
-            for p in paragraphs]
-    return Markup("\n").join(html)
+    paragraphs = [p for p in PARAGRAPH_BREAK.split(text.strip("\n")) if p.strip()]
+    return Markup("\n".join("<p>" + _linked(p).replace("\n", "<br>\n") + "</p>"
+                             for p in paragraphs))
 
 
+@lru_cache(maxsize=4096)   # a post's subject is quoted for every one of its comments
 def rfc6068(value: str) -> str:
     return quote(value, safe="")
 
