@@ -14,21 +14,19 @@ import logging
 import os
 import signal
 import socket
-import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .app import App
 from .intake import GroupCommitter
 from .sender import Sender
-from .smtp import Handler, ListLMTP, ListSMTP
+from .smtp import CLOSING, Handler, ListLMTP, ListSMTP
 from .web import WebServer
 from . import scheduler, worker
 
 log = logging.getLogger("listserver")
 
 ROLES = ("receive", "process", "send", "schedule", "http")
-CLOSING = b"421 4.3.2 Service shutting down\r\n"
 
 
 class Server:
@@ -47,7 +45,9 @@ class Server:
         self.http_port = 0
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._sessions: weakref.WeakSet[ListSMTP | ListLMTP] = weakref.WeakSet()
+        # Strong references: a session that is not closed yet cannot be collected unclosed,
+        # and ``stop`` closes every one of them. Ended sessions are pruned as new ones come.
+        self._sessions: set[ListSMTP | ListLMTP] = set()
         self._handlers: list[Handler] = []
         self.web: WebServer | None = None
         self.committer: GroupCommitter | None = None
@@ -111,6 +111,9 @@ class Server:
                      ", ".join(config.lists) or "(none)")
 
     def _session(self, protocol: ListSMTP | ListLMTP) -> ListSMTP | ListLMTP:
+        if len(self._sessions) >= 64:
+            self._sessions = {s for s in self._sessions
+                              if s.session is None or s.transport is not None}
         self._sessions.add(protocol)
         return protocol
 
@@ -143,6 +146,10 @@ class Server:
             task.cancel()
         if self.web is not None:
             await asyncio.to_thread(self.web.stop)
+        for session in list(self._sessions):  # accepted during the shutdown itself
+            transport = session.transport
+            if transport is not None and not transport.is_closing():
+                transport.close()
         if self.committer is not None:
             self.committer.close()
 

@@ -94,11 +94,38 @@ class EnhancedCodesMixin:
         await super().push(status)  # type: ignore[misc]
 
 
-class ListSMTP(EnhancedCodesMixin, FastDataMixin, SMTP):
+CLOSING = b"421 4.3.2 Service shutting down\r\n"
+
+
+class ConnectionMixin:
+    """Connections that end cleanly in every case.
+
+    * A connection that the event loop hands over once ``Server.stop`` has begun (accepted
+      just before the listening socket closed) is told 421 and closed at once, so no
+      session outlives the server.
+    * A client that hangs up without QUIT: aiosmtpd keeps our half of the connection open
+      (``eof_received`` returns True), and nothing references it any more, so the socket
+      lingered until the garbage collector found it. We close it.
+    """
+
+    event_handler: Any
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        if getattr(self.event_handler, "closing", False):
+            transport.write(CLOSING)  # type: ignore[attr-defined]
+            transport.close()
+
+    def eof_received(self) -> bool:
+        super().eof_received()  # type: ignore[misc]
+        return False  # the transport closes itself
+
+
+class ListSMTP(ConnectionMixin, EnhancedCodesMixin, FastDataMixin, SMTP):
     line_length_limit = 1 << 16  # the DATA reader's chunk bound, not a line rule
 
 
-class ListLMTP(EnhancedCodesMixin, FastDataMixin, LMTP):
+class ListLMTP(ConnectionMixin, EnhancedCodesMixin, FastDataMixin, LMTP):
     line_length_limit = 1 << 16
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import socket
 from email.message import EmailMessage
 
 import pytest
@@ -256,6 +257,25 @@ def test_lmtp_answers_per_recipient(server: RunningServer) -> None:
     assert refused == {}
     server.idle()
     assert server.export()["posts"][0]["comments"][0]["message_id"] == c1["Message-ID"]
+
+
+@pytest.mark.parametrize("kind", ["smtp", "lmtp"])
+def test_client_that_hangs_up_without_quit_is_disconnected(server: RunningServer,
+                                                            kind: str) -> None:
+    """Postfix drops cached connections without QUIT: our side must close too, not linger
+    half-open until the garbage collector finds the socket."""
+    port = server.smtp_port if kind == "smtp" else server.lmtp_port
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        assert sock.recv(1024).startswith(b"220")
+        sock.sendall(b"LHLO x\r\n" if kind == "lmtp" else b"EHLO x\r\n")
+        greeting = b""
+        while b"\r\n250 " not in b"\r\n" + greeting:
+            greeting += sock.recv(4096)
+        sock.shutdown(socket.SHUT_WR)          # hang up, no QUIT
+        rest = b""
+        while chunk := sock.recv(4096):        # returns b"" once the server has closed
+            rest += chunk
+        assert b"250" not in rest
 
 
 def test_non_author_new_thread_is_held(server: RunningServer) -> None:
