@@ -98,11 +98,69 @@ def _write_unlock(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+class IntakeSignal:
+    """Tells background writers that an SMTP session is waiting for SQLite's write lock.
+
+    Every intake commit holds a shared ``flock`` on ``<db>.intake`` from before it queues
+    for the write lock until it has committed. The processing worker asks between two
+    messages whether anyone holds it (an exclusive non-blocking try) and, if so, commits
+    what it has and steps aside: a client waiting for its 250 waits for one message's
+    processing, not for a whole batch. On PostgreSQL intake never waits for processing,
+    so the signal is always quiet there.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if path else None
+        # A second open file description: flock locks on one description would convert
+        # into each other when intake and processing share a process.
+        self._probe = os.open(path, os.O_RDWR) if path else None
+        self._lock = threading.Lock()
+        self._holders = 0
+
+    @contextlib.contextmanager
+    def intake(self) -> Iterator[None]:
+        """Held around one intake commit (the wait for the write lock included)."""
+        if self.fd is None:
+            yield
+            return
+        with self._lock:
+            if self._holders == 0:
+                fcntl.flock(self.fd, fcntl.LOCK_SH)
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0:
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def waiting(self) -> bool:
+        """Whether an intake commit (in any process) is queued or running now."""
+        if self._probe is None:
+            return False
+        try:
+            fcntl.flock(self._probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self._probe, fcntl.LOCK_UN)
+        return False
+
+    def close(self) -> None:
+        for fd in (self.fd, self._probe):
+            if fd is not None:
+                os.close(fd)
+        self.fd = self._probe = None
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        path = url.split("///", 1)[-1] if self.is_sqlite else ""
+        self.intake_signal = IntakeSignal(
+            path + ".intake" if path and path != ":memory:" else None)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._executor = ThreadPoolExecutor(
             max_workers=1 if self.is_sqlite else 8, thread_name_prefix="db")
@@ -154,3 +212,4 @@ class Database:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.engine.dispose()
+        self.intake_signal.close()

@@ -22,7 +22,8 @@ import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, literal, select
+from sqlalchemy import String, and_, bindparam, literal, select
+from sqlalchemy.sql.expression import Executable
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -50,25 +51,42 @@ def _imported(session: Session, message_pk: int | None) -> bool:
     return message is not None and message.source == "import"
 
 
+_FANOUT_COLUMNS = ["list_name", "kind", "ref", "recipient", "envelope_from", "state",
+                   "attempts", "next_attempt_at", "created_at", "subscription_id"]
+_fanout_statements: dict[tuple[str, bool], Executable] = {}
+
+
+def _fanout_statement(dialect: str, exclude: bool) -> Executable:
+    """INSERT INTO outbox ... SELECT the matching subscribers, built once per shape."""
+    key = (dialect, exclude)
+    stmt = _fanout_statements.get(key)
+    if stmt is None:
+        where = [Subscription.list_name == bindparam("f_list"),
+                 Subscription.state == "active",
+                 Subscription.mode.in_(bindparam("f_modes", expanding=True))]
+        if exclude:
+            where.append(Subscription.address != bindparam("f_exclude"))
+        now_type = Outbox.next_attempt_at.type
+        rows = select(
+            bindparam("f_list", type_=String), bindparam("f_kind", type_=String),
+            bindparam("f_ref", type_=String), Subscription.address, literal(""),
+            literal("queued"), literal(0), bindparam("f_now", type_=now_type),
+            bindparam("f_now", type_=now_type), Subscription.id,
+        ).where(and_(*where))
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = insert(Outbox.__table__).from_select(  # the table: no ORM bulk semantics
+            _FANOUT_COLUMNS, rows).on_conflict_do_nothing()
+        _fanout_statements[key] = stmt
+    return stmt
+
+
 def enqueue_fanout(app: App, session: Session, list_name: str, kind: str, ref: str,
                    modes: tuple[str, ...], exclude: str = "") -> int:
     """Queue one content-less row per matching active subscriber; return how many."""
-    now = app.now()
-    where = [Subscription.list_name == list_name, Subscription.state == "active",
-             Subscription.mode.in_(modes)]
-    if exclude:
-        where.append(Subscription.address != exclude.lower())
-    rows = select(
-        literal(list_name), literal(kind), literal(ref), Subscription.address, literal(""),
-        literal("queued"), literal(0), literal(now, Outbox.next_attempt_at.type),
-        literal(now, Outbox.created_at.type), Subscription.id,
-    ).where(and_(*where))
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(Outbox).from_select(
-        ["list_name", "kind", "ref", "recipient", "envelope_from", "state", "attempts",
-         "next_attempt_at", "created_at", "subscription_id"], rows).on_conflict_do_nothing()
-    count = session.execute(stmt).rowcount
+    stmt = _fanout_statement(session.get_bind().dialect.name, bool(exclude))
+    params = {"f_list": list_name, "f_kind": kind, "f_ref": ref, "f_modes": list(modes),
+              "f_now": app.now(), "f_exclude": exclude.lower()}
+    count = session.execute(stmt, params).rowcount  # type: ignore[attr-defined]
     log.info("%s queued for %d subscriber(s) of %s", ref, count, list_name)
     return int(count)
 

@@ -125,7 +125,7 @@ class GroupCommitter:
     def _commit(self, batch: list[tuple[list[Incoming], object]]) -> list[list[int]]:
         now = utcnow()
         rows = [_row(item, self.domain, now) for items, _ in batch for item in items]
-        with self.db.transaction() as session:
+        with self.db.intake_signal.intake(), self.db.transaction() as session:
             insert_rows(session, rows)
         return [[] for _ in batch]
 

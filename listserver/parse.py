@@ -95,6 +95,8 @@ class ParsedMessage:
     signature: str = ""
     attachments: list[Attachment] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    # The parsed compat32 message itself, for the header rules (None if MIME parsing failed).
+    email: Message | None = field(default=None, repr=False, compare=False)
 
 
 MAX_PARTS, MAX_DEPTH, MAX_HEADER = 500, 40, 65536
@@ -464,6 +466,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         guarded("raw body", lambda: setattr(
             pm, "text", _text_of(raw[_header_block(raw)[1]:], None, pm.defects, "body")))
     else:
+        pm.email = msg
         guarded("headers", lambda: _fill_headers(pm, msg))
         guarded("body", lambda: _fill_body(pm, msg))
     pm.new_text, pm.quoted, pm.signature = split_reply(pm.text)

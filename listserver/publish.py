@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from .models import Comment, Message, Post, utcnow
 from .parse import ParsedMessage
@@ -111,13 +112,23 @@ def scheduled_time(text: str, tz: tzinfo) -> tuple[datetime, str] | None:
     return local.replace(tzinfo=tz), text[match.end():].lstrip("\n")
 
 
+# Core statements on the tables (not the ORM's bulk UPDATE, which costs several times more
+# per call), built once.
+_posts, _messages = Post.__table__, Message.__table__
+NEXT_NUMBER = (update(_posts).where(_posts.c.id == bindparam("post_id"))
+               .values(comment_count=_posts.c.comment_count + 1)
+               .returning(_posts.c.comment_count))
+
+
 def create_comment(session: Session, hooks: Hooks, message: Message, parsed: ParsedMessage,
                    message_id: str, target: Target, wanted: str | None) -> Comment:
-    post = session.execute(select(Post).where(Post.id == target.post.id)
-                           .with_for_update()).scalar_one()
-    post.comment_count += 1
+    post = target.post
+    # One atomic statement numbers the comment: concurrent workers (PostgreSQL) queue on
+    # the post's row, and nobody reads a count that another transaction is changing.
+    number = session.execute(NEXT_NUMBER, {"post_id": post.id}).scalar_one()
+    set_committed_value(post, "comment_count", number)
     comment = Comment(
-        list_name=message.list_name, post_id=post.id, number=post.comment_count,
+        list_name=message.list_name, post_id=post.id, number=number,
         message_pk=message.id, message_id=message_id, thread_token=new_thread_token(),
         parent_message_id=target.parent_for_child, wanted_parent=wanted,
         author_name=parsed.from_name, author_address=parsed.from_address,
@@ -133,11 +144,19 @@ def create_comment(session: Session, hooks: Hooks, message: Message, parsed: Par
     return comment
 
 
+ORPHANS = select(Comment).where(Comment.list_name == bindparam("list_name"),
+                                Comment.wanted_parent == bindparam("message_id"))
+RELEASE_WAITING = (update(_messages).where(
+    _messages.c.list_name == bindparam("held_list"), _messages.c.state == "held",
+    _messages.c.waiting_for == bindparam("parent_id"))
+    .values(state="queued", waiting_for=None, outcome=None).returning(_messages.c.id))
+
+
 def after_publish(session: Session, hooks: Hooks, list_name: str, message_id: str,
                   target: Target) -> None:
     """Re-attach comments that wanted this message, and release held replies waiting for it."""
-    orphans = session.execute(select(Comment).where(
-        Comment.list_name == list_name, Comment.wanted_parent == message_id)).scalars().all()
+    params = {"list_name": list_name, "message_id": message_id}
+    orphans = session.execute(ORPHANS, params).scalars().all()
     for orphan in orphans:
         orphan.wanted_parent = None
         if orphan.post_id != target.post.id or orphan.message_id == message_id:
@@ -147,10 +166,7 @@ def after_publish(session: Session, hooks: Hooks, list_name: str, message_id: st
             continue  # would make a cycle
         orphan.parent_message_id = target.parent_for_child
         log.info("comment %s re-attached under %s", orphan.message_id, message_id)
-    released = session.execute(update(Message).where(
-        Message.list_name == list_name, Message.state == "held",
-        Message.waiting_for == message_id).values(
-        state="queued", waiting_for=None, outcome=None).returning(Message.id)
-        .execution_options(synchronize_session=False)).scalars().all()
+    released = session.execute(RELEASE_WAITING, {
+        "held_list": list_name, "parent_id": message_id}).scalars().all()
     if released:
         log.info("released held replies %s waiting for %s", released, message_id)

@@ -13,7 +13,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from .addresses import ListAddress
@@ -58,14 +58,19 @@ def is_reply(parsed: ParsedMessage, address: ListAddress | None) -> bool:
     return bool(ids) or (address is not None and address.command == "reply")
 
 
+PUBLISHED_POST = select(Post).where(
+    Post.list_name == bindparam("list_name"), Post.message_id == bindparam("message_id"),
+    Post.state == "published")
+COMMENT = select(Comment).where(
+    Comment.list_name == bindparam("list_name"), Comment.message_id == bindparam("message_id"))
+
+
 def lookup(session: Session, list_name: str, message_id: str) -> Target | None:
-    post = session.execute(select(Post).where(
-        Post.list_name == list_name, Post.message_id == message_id,
-        Post.state == "published")).scalar_one_or_none()
+    params = {"list_name": list_name, "message_id": message_id}
+    post = session.execute(PUBLISHED_POST, params).scalar_one_or_none()
     if post is not None:
         return Target(post, None)
-    comment = session.execute(select(Comment).where(
-        Comment.list_name == list_name, Comment.message_id == message_id)).scalar_one_or_none()
+    comment = session.execute(COMMENT, params).scalar_one_or_none()
     if comment is not None and comment.post.state == "published":
         return Target(comment.post, comment)
     return None

@@ -28,16 +28,23 @@ def drain(app: App, limit: int = 500) -> int:
     """Process up to ``limit`` queued messages; return how many were handled."""
     done = 0
     while done < limit:
+        # Batches are short under load (see process_batch): load few rows at a time.
         count = process_batch(app, min(50, limit - done))
         if not count:
             break
         done += count
-        # Let a writer waiting for the database lock (the SMTP intake, whose sessions are
-        # waiting for their 250) in before the next batch takes it again.
-        time.sleep(HANDOFF_SECONDS)
+        step_aside(app)
     if done:
         app.wake_sender()
     return done
+
+
+def step_aside(app: App) -> None:
+    """Let the intake commits waiting for the database (SMTP sessions waiting for their
+    250) take the write lock before the next batch does: the file lock does not queue
+    fairly, so the worker that just released it would often get it straight back."""
+    if app.db.intake_signal.waiting():
+        time.sleep(HANDOFF_SECONDS)
 
 
 async def run(app: App, stop: asyncio.Event, poll: float = 2.0) -> None:
