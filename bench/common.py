@@ -148,6 +148,29 @@ post_secret = "benchsecret"
 """
 
 
+@contextlib.contextmanager
+def fresh_database(url: str | None) -> Iterator[str | None]:
+    """A PostgreSQL URL pointing at a new, empty schema, dropped afterwards; every run
+    starts from nothing, as it does on SQLite with a new file. None stays None."""
+    if not url:
+        yield None
+        return
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    schema = "bench_" + uuid.uuid4().hex[:12]
+    admin = create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        sep = "&" if "?" in url else "?"
+        yield f"{url}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
 def write_config(directory: Path, *, db: str | None = None, transport: str = "maildir",
                  relay: int = 25) -> tuple[Path, int, int]:
     smtp, http = free_port(), free_port()

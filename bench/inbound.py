@@ -18,8 +18,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from common import (LISTSERVER, PYTHON, ROOT, Row, free_port, need, process, smtp_source,
-                    wait_port, workdir, write_config)
+from common import (LISTSERVER, PYTHON, ROOT, Row, fresh_database, free_port, need, process,
+                    smtp_source, wait_port, workdir, write_config)
 
 
 def sink_rate(count: int, sessions: int) -> float:
@@ -92,7 +92,7 @@ def wait_processed(engine, expected: int, timeout: float = 600) -> float:  # typ
 
 def listserver_rates(count: int, sessions: int, db: str | None) -> tuple[float, float]:
     """(accepted messages/s, end-to-end processed messages/s)."""
-    with workdir() as tmp:
+    with workdir() as tmp, fresh_database(db) as db:
         config, smtp, proc = start_listserver(Path(tmp), db)
         with proc:
             wait_port(smtp)
@@ -111,7 +111,7 @@ def listserver_rates(count: int, sessions: int, db: str | None) -> tuple[float, 
 
 def latency(rate: float, seconds: float, db: str | None) -> tuple[float, float]:
     """p50 and p99 seconds from commit (250) to publication at a paced `rate`."""
-    with workdir() as tmp:
+    with workdir() as tmp, fresh_database(db) as db:
         config, smtp, proc = start_listserver(Path(tmp), db)
         with proc:
             wait_port(smtp)
