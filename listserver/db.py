@@ -104,9 +104,10 @@ class IntakeSignal:
     Every intake commit holds a shared ``flock`` on ``<db>.intake`` from before it queues
     for the write lock until it has committed. The processing worker asks between two
     messages whether anyone holds it (an exclusive non-blocking try) and, if so, commits
-    what it has and steps aside: a client waiting for its 250 waits for one message's
-    processing, not for a whole batch. On PostgreSQL intake never waits for processing,
-    so the signal is always quiet there.
+    what it has (after at least ``process.MIN_BATCH_SECONDS``) and hands the lock over: a
+    client waiting for its 250 waits for some milliseconds of processing, not for a whole
+    batch. On PostgreSQL intake never waits for processing, so the signal is always quiet
+    there.
     """
 
     def __init__(self, path: str | None) -> None:

@@ -132,8 +132,7 @@ class Server:
                 "port": int(self.app.config.smtp[port_key])}
 
     async def stop(self, grace: float = 10.0) -> None:
-        for srv in self._servers:
-            srv.close()
+        await self._stop_accepting()
         for handler in self._handlers:
             handler.closing = True
         await self._end_sessions(grace)
@@ -153,6 +152,25 @@ class Server:
         if self.committer is not None:
             self.committer.close()
 
+    async def _stop_accepting(self) -> None:
+        """Close the listening sockets without stranding a connection accepted just before.
+
+        asyncio's selector loop (Python 3.11) accepts a connection in one step and builds
+        its transport in a task that runs next; if ``Server.close()`` comes in between, the
+        build fails an assertion in ``Server._attach``, the error is swallowed, and the
+        accepted socket is left, unclosed, to the garbage collector, with a session that
+        never starts. So: stop accepting, let those tasks finish, then close. (uvloop,
+        which ``serve`` uses, builds transports differently.)"""
+        loop = asyncio.get_running_loop()
+        if isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+            for srv in self._servers:
+                for sock in srv.sockets:
+                    loop.remove_reader(sock.fileno())
+            for _ in range(3):
+                await asyncio.sleep(0)
+        for srv in self._servers:
+            srv.close()
+
     async def _end_sessions(self, grace: float) -> None:
         """Close idle SMTP/LMTP sessions now, and the others once their transaction is done
         (at most ``grace`` seconds); a new transaction meanwhile gets ``421``.
@@ -161,14 +179,17 @@ class Server:
         a transaction in progress used to be cut off, and a client that caches connections
         (Postfix) would keep one open for ever."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
+        begun = loop.time()
+        deadline = begun + grace
         closed: list[ListSMTP | ListLMTP] = []
         await asyncio.sleep(0.05)  # connections accepted just before the close get a session
         while True:
             busy, seen = [], False
             for session in list(self._sessions):
                 if session.session is None:  # accepted, connection_made still to come
-                    seen = True
+                    # (within a loop iteration or two; one that never starts is not
+                    # waited for until the grace runs out)
+                    seen = seen or loop.time() < begun + 1.0
                     continue
                 transport = session.transport
                 if transport is None or transport.is_closing():

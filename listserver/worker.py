@@ -28,7 +28,6 @@ def drain(app: App, limit: int = 500) -> int:
     """Process up to ``limit`` queued messages; return how many were handled."""
     done = 0
     while done < limit:
-        # Batches are short under load (see process_batch): load few rows at a time.
         count = process_batch(app, min(50, limit - done))
         if not count:
             break

@@ -178,11 +178,12 @@ def test_postfix_in_front_and_as_relay(tmp_path: Path, database_url: str, make_a
     assert "status=sent" in log
 
 
-# Known and not yet explained: on PostgreSQL, about one run in five, a socket of an asyncio
-# transport here is garbage-collected unclosed (a ResourceWarning, never a lost or doubled
-# message: the assertions below hold). It has not reproduced under tracemalloc or with the
-# test alone; see the closing note of the session that added this. Only that warning is let
-# through, and only in this test.
+# Found late: when the receiver stops while Postfix connects, asyncio (3.11, selector loop)
+# could accept a connection just before Server.close() and then fail to build its transport
+# (an assertion in Server._attach, swallowed), leaving the socket to the garbage collector.
+# Server._stop_accepting now stops accepting before it closes; 16 runs of this file with a
+# probe for open transports found none (before: about one in ten). Until more runs confirm
+# it, only that warning is let through, and only here; every assertion below still holds.
 @pytest.mark.filterwarnings(
     r"ignore:Exception ignored in. <(socket\.socket|function _SelectorTransport\.__del__)"
     r":pytest.PytestUnraisableExceptionWarning")
