@@ -381,38 +381,28 @@ class ListRenderer:
         return max(1, -(-total // self.per_page))
 
     # ------------------------------------------------------------------ full render
+    def _next_posts(self, session: Session, last: tuple[datetime, int] | None) -> list[Post]:
+        """The next ``CHUNK`` published posts after ``last`` (date, id), oldest first: keyset
+        pagination, so every chunk costs the same however deep into the archive."""
+        query = select(Post).where(published(self.name))
+        if last is not None:
+            query = query.where(or_(Post.date > last[0],
+                                    and_(Post.date == last[0], Post.id > last[1])))
+        return list(session.execute(query.order_by(Post.date, Post.id).limit(CHUNK)).scalars())
+
     def iter_posts(self) -> Iterator[list[Post]]:
-        """The published posts oldest first, ``CHUNK`` at a time (keyset pagination)."""
+        """The published posts oldest first, ``CHUNK`` at a time."""
         last: tuple[datetime, int] | None = None
-        while True:
-            def read(session: Session) -> list[Post]:
-                query = select(Post).where(published(self.name))
-                if last is not None:
-                    query = query.where(or_(Post.date > last[0],
-                                            and_(Post.date == last[0], Post.id > last[1])))
-                return list(session.execute(query.order_by(Post.date, Post.id)
-                                            .limit(CHUNK)).scalars())
-            posts = self.app.db.call(read)
-            if not posts:
-                return
+        while posts := self.app.db.call(self._next_posts, last):
             yield posts
             last = (posts[-1].date, posts[-1].id)
 
     def iter_chunks(self) -> Iterator[list[Thread]]:
-        """The published posts oldest first with their comments, ``CHUNK`` at a time."""
+        """The published posts oldest first with their comments, ``CHUNK`` at a time (each
+        chunk's posts and comments read in one transaction)."""
         last: tuple[datetime, int] | None = None
-        while True:
-            def read(session: Session) -> list[Thread]:
-                query = select(Post).where(published(self.name))
-                if last is not None:
-                    query = query.where(or_(Post.date > last[0],
-                                            and_(Post.date == last[0], Post.id > last[1])))
-                posts = list(session.execute(query.order_by(Post.date, Post.id)
-                                             .limit(CHUNK)).scalars())
-                return self.read_threads(session, posts)
-            threads = self.app.db.call(read)
-            if not threads:
-                return
+        while threads := self.app.db.call(
+                lambda session: self.read_threads(session, self._next_posts(session, last))):
             yield threads
             last = (threads[-1].post.date, threads[-1].post.id)
 
